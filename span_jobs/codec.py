@@ -1,0 +1,92 @@
+"""Turning tweets into T5 inputs and targets, and padded batches into tensors.
+
+Span task (the seed's SQuAD format, with word markers so the answer is a pointer):
+    question: negative context: <m0> Sooo <m1> SAD <m2> I ...   ->   <m1> <m1>
+The target names the first and last word of the span, so any output maps to exact
+character offsets and the model never has to spell text. Sentiment task, same model:
+    sentiment: Sooo SAD I ...   ->   negative
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .data import SENTIMENTS
+from .tokenizer import N_SENTINELS, Tokenizer
+from .words import Words, split_words
+
+MAX_PIECES_PER_WORD = 16  # a 10k-character "word" must not blow up the batch; offsets come from words anyway
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+
+
+class Codec:
+    def __init__(self, tokenizer: Tokenizer, max_words: int = N_SENTINELS):
+        self.tok = tokenizer
+        self.max_words = max_words
+        self._span_prefix = {s: self._pieces(f"question: {s} context:".split()) for s in SENTIMENTS}
+        self._sentiment_prefix = self._pieces(["sentiment:"])
+        # marker index of every vocabulary id, -1 for ordinary pieces: lets decoding mask in one op
+        index = torch.full((tokenizer.vocab_size,), -1, dtype=torch.long)
+        for i in range(N_SENTINELS):
+            index[tokenizer.marker_id(i)] = i
+        self.marker_index = index
+
+    def _pieces(self, words: list[str]) -> list[int]:
+        return [p for pieces in self.tok.encode_words(words) for p in pieces[:MAX_PIECES_PER_WORD]]
+
+    def words(self, text: str) -> Words:
+        return split_words(text, self.max_words)
+
+    def span_input(self, words: Words, sentiment: str) -> list[int]:
+        ids = list(self._span_prefix[sentiment])
+        units = [words.unit(i) for i in range(len(words))]
+        for i, pieces in enumerate(self.tok.encode_words(units) if units else []):
+            ids.append(self.tok.marker_id(i))
+            ids.extend(pieces[:MAX_PIECES_PER_WORD])
+        ids.append(self.tok.eos_id)
+        return ids
+
+    def sentiment_input(self, words: Words) -> list[int]:
+        units = [words.unit(i) for i in range(len(words))]
+        return self._sentiment_prefix + self._pieces(units) + [self.tok.eos_id]
+
+    def span_target(self, first: int, last: int) -> list[int]:
+        return [self.tok.marker_id(first), self.tok.marker_id(last), self.tok.eos_id]
+
+    def sentiment_target(self, sentiment: str) -> list[int]:
+        return [self.tok.label_ids[SENTIMENTS.index(sentiment)], self.tok.eos_id]
+
+    def pad(self, sequences: list[list[int]], pad_value: int | None = None) -> Batch:
+        """Right-padded (B, T) tensors built in one allocation."""
+        pad_value = self.tok.pad_id if pad_value is None else pad_value
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), pad_value, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        return Batch(ids, mask)
+
+
+def token_budget_batches(lengths: list[int], token_budget: int, max_batch_size: int) -> list[list[int]]:
+    """Indices grouped longest first so that rows x longest row stays within the token budget.
+
+    Sorting by length means little padding; the budget keeps memory flat whatever the lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]  # the first row is the longest
+        if current and ((len(current) + 1) * width > token_budget or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,172 @@
+"""Reading labeled and raw tweets, checking them, and the fixed validation split."""
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+SENTIMENTS = ("negative", "neutral", "positive")
+LABELED_COLUMNS = ("textID", "text", "selected_text", "sentiment")
+DATA_SUFFIXES = (".csv", ".parquet")
+
+
+class DataError(ValueError):
+    """A data file that cannot be used at all: missing, unreadable, or lacking a column."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledTweet:
+    tweet_id: str
+    text: str
+    selected_text: str
+    sentiment: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A row that cannot be used, with where it came from and why."""
+
+    source: str
+    row_number: int  # 1-based data row, header not counted
+    reason: str
+
+
+@dataclass
+class LabeledData:
+    tweets: list[LabeledTweet]
+    rejected: list[RejectedRow]
+
+    def digest(self) -> str:
+        """sha256 over the usable rows, order-independent: the same data gives the same digest."""
+        h = hashlib.sha256()
+        for t in sorted(self.tweets, key=lambda t: (t.tweet_id, t.text)):
+            h.update("\x1f".join((t.tweet_id, t.text, t.selected_text, t.sentiment)).encode("utf-8", "surrogatepass"))
+            h.update(b"\x1e")
+        return h.hexdigest()
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The data files behind a path: the file itself, or the .csv/.parquet files of a directory."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in DATA_SUFFIXES and p.is_file())
+        if not files:
+            raise DataError(f"{path}: no .csv or .parquet files in this directory")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    return [path]
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A CSV or Parquet file as a DataFrame of strings; empty CSV cells stay empty strings, not NaN."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path).to_pandas()
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable"
+        raise DataError(f"{path}: cannot read as {path.suffix.lstrip('.') or 'CSV'}: {exc}") from exc
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}")
+
+
+def check_labeled_row(tweet_id: object, text: object, selected: object, sentiment: object) -> str | None:
+    """Why a labeled row cannot be used, or None when it can."""
+    if not isinstance(tweet_id, str) or not tweet_id.strip():
+        return "missing textID"
+    if not isinstance(text, str) or not text.strip():
+        return "empty text"
+    if sentiment not in SENTIMENTS:
+        return f"unknown sentiment {sentiment!r}"
+    if not isinstance(selected, str) or not selected.strip():
+        return "empty selected_text"
+    if selected not in text:
+        return "selected_text is not a substring of text"
+    return None
+
+
+def read_labeled(path: str | Path) -> LabeledData:
+    """Labeled tweets from a Kaggle CSV, a Parquet file, or a directory of them.
+
+    Unusable rows are returned in ``rejected`` (and logged), never silently dropped.
+    A repeated textID keeps its first row; the others are rejected as duplicates.
+    """
+    tweets: list[LabeledTweet] = []
+    rejected: list[RejectedRow] = []
+    seen: set[str] = set()
+    for file in data_files(path):
+        frame = read_table(file)
+        _require_columns(frame, LABELED_COLUMNS, file)
+        columns = [frame[c].tolist() for c in LABELED_COLUMNS]
+        for row_number, (tid, text, selected, sentiment) in enumerate(zip(*columns), start=1):
+            tid = str(tid) if isinstance(tid, (int, float)) and not pd.isna(tid) else tid
+            if isinstance(sentiment, str):
+                sentiment = sentiment.strip().lower()
+            reason = check_labeled_row(tid, text, selected, sentiment)
+            if reason is None and tid in seen:
+                reason = f"duplicate textID {tid}"
+            if reason is not None:
+                rejected.append(RejectedRow(str(file), row_number, reason))
+                continue
+            seen.add(tid)
+            tweets.append(LabeledTweet(tid, text, selected, sentiment))
+    for r in rejected[:20]:
+        log.warning("skipping %s row %d: %s", r.source, r.row_number, r.reason)
+    if len(rejected) > 20:
+        log.warning("... and %d more unusable rows", len(rejected) - 20)
+    if not tweets:
+        raise DataError(f"{path}: no usable labeled rows ({len(rejected)} rejected)")
+    return LabeledData(tweets, rejected)
+
+
+def is_validation(tweet_id: str, percent: int = 10) -> bool:
+    """True for the fixed validation share of tweets: a hash of the id, the same in every run."""
+    digest = hashlib.sha256(tweet_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < percent
+
+
+def split_train_validation(
+    tweets: list[LabeledTweet], percent: int = 10
+) -> tuple[list[LabeledTweet], list[LabeledTweet]]:
+    train = [t for t in tweets if not is_validation(t.tweet_id, percent)]
+    validation = [t for t in tweets if is_validation(t.tweet_id, percent)]
+    return train, validation
+
+
+def read_raw(path: str | Path, id_column: str = "id") -> pd.DataFrame:
+    """Raw tweets (an id and ``text``; ``sentiment`` optional) for prediction.
+
+    ``textID`` is accepted for the id, as in the Kaggle files.
+    """
+    path = Path(path)
+    frame = read_table(path)
+    if id_column not in frame.columns and "textID" in frame.columns:
+        frame = frame.rename(columns={"textID": id_column})
+    _require_columns(frame, (id_column, "text"), path)
+    return frame
+
+
+def normalize_sentiment(value: object) -> str | None:
+    """A known label ("Positive " -> "positive"), or None when missing; ValueError for anything else."""
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN: missing
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"unknown sentiment {value!r}")
+    label = value.strip().lower()
+    if not label:
+        return None
+    if label not in SENTIMENTS:
+        raise ValueError(f"unknown sentiment {value!r}")
+    return label

@@ -1,0 +1,190 @@
+"""Batched, constrained span extraction and sentiment tagging with one T5 model."""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor
+
+from .codec import Codec, token_budget_batches
+from .data import SENTIMENTS
+from .model import LoadedModel
+from .words import Words
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SpanResult:
+    span: str  # always text[start:end]
+    start: int
+    end: int
+    sentiment: str
+    sentiment_prob: float | None  # None when the sentiment was given
+    sentiment_given: bool
+
+
+class WordSpanConstraint(LogitsProcessor):
+    """Allows only marker tokens that form a span of each row's own words: first, then last >= first.
+
+    Works on the whole batch with one mask (no Python callback per row and step), and fits
+    ``model.generate(logits_processor=...)`` as well as the two-step decoder loop below.
+    """
+
+    def __init__(self, marker_index: torch.Tensor, n_words: torch.Tensor, eos_id: int):
+        self.marker_index = marker_index  # (V,) marker number of each vocab id, -1 otherwise
+        self.n_words = n_words  # (B,)
+        self.eos_id = eos_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - 1  # tokens generated so far (the start token does not count)
+        vocab = scores.shape[-1]
+        index = self.marker_index[:vocab].to(scores.device)  # (V,)
+        n_words = self.n_words.to(scores.device).repeat_interleave(scores.shape[0] // self.n_words.shape[0])
+        if step >= 2:
+            allowed = torch.zeros_like(scores, dtype=torch.bool)
+            allowed[:, self.eos_id] = True
+        else:
+            low = torch.zeros_like(n_words) if step == 0 else self.marker_index.to(scores.device)[input_ids[:, -1]]
+            allowed = (index[None, :] >= low[:, None]) & (index[None, :] < n_words[:, None])  # (B, V)
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+class SpanExtractor:
+    """Extracts sentiment spans from tweets; tags the sentiment first where it is missing.
+
+    Tweets are sorted by length and batched by a token budget; bf16 on GPU, fp32 on CPU.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str = "auto",
+        token_budget: int = 8192,
+        max_batch_size: int = 256,
+        cast_to_bf16_on_gpu: bool = True,
+    ):
+        self.device = pick_device(device)
+        self.model = loaded.model.to(self.device)
+        if self.device.type == "cuda" and cast_to_bf16_on_gpu:
+            self.model = self.model.to(torch.bfloat16)  # T5 overflows in fp16; bf16 keeps fp32's range
+        self.model.eval()
+        self.codec = Codec(loaded.tokenizer)
+        self.version = loaded.version
+        self.token_budget = token_budget
+        self.max_batch_size = max_batch_size
+        self._label_ids = torch.tensor(loaded.tokenizer.label_ids, device=self.device)
+
+    def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]:
+        sentiments = list(sentiments) if sentiments is not None else [None] * len(texts)
+        if len(sentiments) != len(texts):
+            raise ValueError("texts and sentiments differ in length")
+        for s in sentiments:
+            if s is not None and s not in SENTIMENTS:
+                raise ValueError(f"unknown sentiment {s!r}; expected one of {', '.join(SENTIMENTS)} or None")
+        words = [self.codec.words(t) for t in texts]
+        missing = [i for i, s in enumerate(sentiments) if s is None]
+        probs: dict[int, float] = {}
+        if missing:
+            labels, label_probs = self.tag_sentiment([words[i] for i in missing])
+            for i, label, prob in zip(missing, labels, label_probs):
+                sentiments[i] = label
+                probs[i] = prob
+        spans = self._spans(words, sentiments)
+        results = []
+        for i, (w, (first, last)) in enumerate(zip(words, spans)):
+            start, end = w.span(first, last) if len(w) else (0, 0)
+            results.append(SpanResult(w.text[start:end], start, end, sentiments[i], probs.get(i), i not in probs))
+        return results
+
+    @torch.inference_mode()
+    def tag_sentiment(self, words: list[Words]) -> tuple[list[str], list[float]]:
+        """The most likely label of each tweet and its probability among the three labels."""
+        inputs = [self.codec.sentiment_input(w) for w in words]
+        labels: list[str] = [""] * len(inputs)
+        probs: list[float] = [0.0] * len(inputs)
+        for rows in token_budget_batches([len(x) for x in inputs], self.token_budget, self.max_batch_size):
+            batch = self.codec.pad([inputs[i] for i in rows])
+            start = torch.full((len(rows), 1), self.model.config.decoder_start_token_id, device=self.device)
+            logits = self.model(
+                input_ids=batch.input_ids.to(self.device),
+                attention_mask=batch.attention_mask.to(self.device),
+                decoder_input_ids=start,
+            ).logits[:, 0, :]  # (B, V)
+            p = logits.float()[:, self._label_ids].softmax(-1)  # (B, 3)
+            best_p, best = p.max(-1)
+            for row, b, bp in zip(rows, best.tolist(), best_p.tolist()):
+                labels[row], probs[row] = SENTIMENTS[b], bp
+        return labels, probs
+
+    @torch.inference_mode()
+    def _spans(self, words: list[Words], sentiments: list[str]) -> list[tuple[int, int]]:
+        """(first, last) word of each tweet's span, greedy under the word-span constraint."""
+        spans = [(0, 0)] * len(words)
+        todo = [i for i, w in enumerate(words) if len(w)]  # a tweet with no words has the empty span
+        inputs = {i: self.codec.span_input(words[i], sentiments[i]) for i in todo}
+        lengths = [len(inputs[i]) for i in todo]
+        for rows in token_budget_batches(lengths, self.token_budget, self.max_batch_size):
+            ids = [todo[r] for r in rows]
+            batch = self.codec.pad([inputs[i] for i in ids])
+            n_words = torch.tensor([len(words[i]) for i in ids])
+            first, last = self._decode_two_markers(batch, n_words)
+            for i, f, l in zip(ids, first, last):
+                spans[i] = (f, l)
+        return spans
+
+    def _decode_two_markers(self, batch, n_words: torch.Tensor) -> tuple[list[int], list[int]]:
+        input_ids = batch.input_ids.to(self.device)
+        attention_mask = batch.attention_mask.to(self.device)
+        encoded = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        constraint = WordSpanConstraint(self.codec.marker_index, n_words, self.codec.tok.eos_id)
+        decoded = torch.full((input_ids.shape[0], 1), self.model.config.decoder_start_token_id, device=self.device)
+        for _ in range(2):  # first marker, then last marker; re-running 1-2 decoder tokens costs less than a cache
+            logits = self.model(
+                encoder_outputs=encoded, attention_mask=attention_mask, decoder_input_ids=decoded
+            ).logits[:, -1, :]  # (B, V)
+            next_token = constraint(decoded, logits.float()).argmax(-1, keepdim=True)  # (B, 1)
+            decoded = torch.cat([decoded, next_token], dim=1)
+        markers = self.codec.marker_index.to(self.device)[decoded[:, 1:]]  # (B, 2)
+        return markers[:, 0].tolist(), markers[:, 1].tolist()
+
+
+class FullTextExtractor:
+    """The floor a model must beat: the whole tweet as its span. Isolates the pipeline from the model."""
+
+    version = "full-text-baseline"
+
+    def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]:
+        sentiments = list(sentiments) if sentiments is not None else [None] * len(texts)
+        results = []
+        for text, sentiment in zip(texts, sentiments):
+            stripped = text.strip()
+            start = text.find(stripped) if stripped else 0
+            given = sentiment is not None
+            results.append(
+                SpanResult(stripped, start, start + len(stripped), sentiment or "neutral", None if given else 1.0, given)
+            )
+        return results
+
+
+def annotate(extractor, texts: Sequence[str], sentiments: Sequence[str | None]) -> dict[str, list]:
+    """Prediction columns for a table of tweets: sentiment, its probability, span and offsets, model version."""
+    results = extractor.extract(list(texts), list(sentiments))
+    return {
+        "sentiment": [r.sentiment for r in results],
+        "is_sentiment_given": [r.sentiment_given for r in results],
+        "sentiment_prob": [r.sentiment_prob for r in results],
+        "span": [r.span for r in results],
+        "span_start": [r.start for r in results],
+        "span_end": [r.end for r in results],
+        "model_version": [extractor.version] * len(results),
+    }

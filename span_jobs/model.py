@@ -1,0 +1,165 @@
+"""T5 models: size presets, the model directory format, and finding a model by name."""
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # our own progress bars are enough; HF's "Loading weights" bar is noise
+
+from .tokenizer import Tokenizer, TokenizerError
+
+METADATA_FILE = "span_jobs.json"
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+
+# d_model, d_ff, heads, encoder layers, decoder layers. The decoder only emits two marker
+# tokens (or one label), so it stays shallow; capacity goes to the encoder, which must read the tweet.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=32, d_ff=64, num_heads=2, num_layers=2, num_decoder_layers=1),  # tests
+    "small": dict(d_model=256, d_ff=1024, num_heads=4, num_layers=4, num_decoder_layers=2),  # ~7M, CPU
+    "medium": dict(d_model=384, d_ff=1536, num_heads=6, num_layers=6, num_decoder_layers=2),  # ~20M
+    "base": dict(d_model=768, d_ff=3072, num_heads=12, num_layers=12, num_decoder_layers=12),  # t5-base shape
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded."""
+
+
+@dataclass
+class ModelMetadata:
+    """What a model directory records about itself, besides the Hugging Face files."""
+
+    version: str
+    created_at: str
+    preset: str | None = None
+    data_digest: str | None = None
+    validation: dict = field(default_factory=dict)  # jaccard, per-sentiment, n, sentiment_accuracy
+    training: dict = field(default_factory=dict)  # command, config, epochs run, seconds
+
+    @classmethod
+    def read(cls, directory: Path) -> "ModelMetadata":
+        path = directory / METADATA_FILE
+        if not path.exists():  # a plain Hugging Face T5 directory
+            return cls(version=f"hf-{directory.resolve().name}", created_at="")
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**{k: raw[k] for k in raw if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelError(f"{path}: unreadable metadata: {exc}") from exc
+
+
+@dataclass
+class LoadedModel:
+    model: T5ForConditionalGeneration
+    tokenizer: Tokenizer
+    metadata: ModelMetadata
+    directory: Path | None = None
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+
+def new_version(prefix: str = "m") -> str:
+    return f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+
+
+def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0) -> T5ForConditionalGeneration:
+    """A randomly initialised T5 of a named size whose vocabulary fits the tokenizer."""
+    if preset not in PRESETS:
+        raise ModelError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    sizes = PRESETS[preset]
+    config = T5Config(
+        vocab_size=tokenizer.vocab_size,
+        d_kv=sizes["d_model"] // sizes["num_heads"],
+        dropout_rate=0.1,
+        feed_forward_proj="gated-gelu",  # T5 v1.1's choice: better than ReLU at equal size
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_id,
+        eos_token_id=tokenizer.eos_id,
+        decoder_start_token_id=tokenizer.pad_id,
+        **sizes,
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    # HF initialises an untied lm_head with std 1.0, which starts the loss near 35; std d_model^-0.5
+    # gives unit-scale logits and a starting loss near ln(vocab).
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, sizes["d_model"] ** -0.5)
+    return model
+
+
+def save_model(loaded: LoadedModel, directory: str | Path) -> Path:
+    """Write the model directory atomically: into a temporary sibling, then rename.
+
+    Weights go out as safetensors only; a reader never sees a half-written directory.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    loaded.model.save_pretrained(staging, safe_serialization=True)
+    loaded.tokenizer.save(staging)
+    (staging / METADATA_FILE).write_text(json.dumps(loaded.metadata.__dict__, indent=2, default=str) + "\n")
+    if directory.exists():
+        retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, retired)
+        os.replace(staging, directory)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, directory)
+    loaded.directory = directory
+    return directory
+
+
+def load_model_dir(directory: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a model directory (ours or a plain local Hugging Face T5). Safetensors only, no remote code."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: no such model directory")
+    if not (directory / WEIGHTS_FILE).exists() and not (directory / f"{WEIGHTS_FILE}.index.json").exists():
+        found = ", ".join(sorted(p.name for p in directory.iterdir())) or "nothing"
+        raise ModelError(f"{directory}: no {WEIGHTS_FILE} (only safetensors weights are loaded; found {found})")
+    try:
+        tokenizer = Tokenizer.load(directory)
+    except TokenizerError as exc:
+        raise ModelError(str(exc)) from exc
+    try:
+        model = T5ForConditionalGeneration.from_pretrained(
+            directory, use_safetensors=True, dtype=dtype, local_files_only=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{directory}: cannot load the T5 model: {exc}") from exc
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise ModelError(
+            f"{directory}: model vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+            f"({tokenizer.vocab_size})"
+        )
+    model.eval()
+    return LoadedModel(model, tokenizer, ModelMetadata.read(directory), directory)
+
+
+def resolve_model_dir(spec: str | Path, registry_root: str | Path | None = None) -> Path:
+    """The directory behind a model name: a path, ``default`` (shipped) or ``promoted`` (registry champion)."""
+    spec = str(spec)
+    if spec == "default":
+        if not (DEFAULT_MODEL_DIR / WEIGHTS_FILE).exists():
+            raise ModelError("no default model ships with this install; train one with `span-jobs train`")
+        return DEFAULT_MODEL_DIR
+    if spec == "promoted":
+        from .registry import Registry  # registry imports this module
+
+        return Registry(registry_root).champion_dir()
+    return Path(spec)
+
+
+def load_model(spec: str | Path, registry_root: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    return load_model_dir(resolve_model_dir(spec, registry_root), dtype=dtype)

@@ -1,0 +1,89 @@
+"""SentencePiece tokenizer in T5's layout: pieces, then 100 sentinel ids used as word markers."""
+
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece as spm
+
+from .data import SENTIMENTS
+
+SPIECE_FILE = "spiece.model"
+N_SENTINELS = 100  # T5's <extra_id_0..99>; we use them as word markers
+# Whole pieces for the words the model must emit or read as one token.
+_USER_SYMBOLS = tuple(f"\u2581{s}" for s in SENTIMENTS)
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be trained or loaded."""
+
+
+class Tokenizer:
+    """SentencePiece pieces plus T5 sentinels; ``<extra_id_i>`` has id ``vocab_size - 1 - i``."""
+
+    def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.pad_id = self.sp.pad_id()
+        self.eos_id = self.sp.eos_id()
+        if self.pad_id < 0 or self.eos_id < 0:
+            raise TokenizerError("the SentencePiece model needs pad and eos pieces (T5 uses pad=0, eos=1)")
+        self.vocab_size = self.sp.get_piece_size() + N_SENTINELS
+        self.label_ids = tuple(self.encode_words([s])[0][0] for s in SENTIMENTS)
+        if len(set(self.label_ids)) != len(SENTIMENTS):
+            raise TokenizerError("the sentiment labels do not start with distinct pieces in this vocabulary")
+
+    def marker_id(self, i: int) -> int:
+        return self.vocab_size - 1 - i
+
+    def encode_words(self, words: list[str]) -> list[list[int]]:
+        """Piece ids of each word, as if it followed a space."""
+        return self.sp.encode(words)
+
+    def save(self, directory: Path) -> None:
+        (directory / SPIECE_FILE).write_bytes(self.model_proto)
+        # Lets Hugging Face's own loader read the directory too.
+        config = {"tokenizer_class": "T5Tokenizer", "extra_ids": N_SENTINELS, "model_max_length": 512}
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Tokenizer":
+        path = Path(directory) / SPIECE_FILE
+        if not path.exists():
+            raise TokenizerError(f"{directory}: no {SPIECE_FILE} (a SentencePiece T5 tokenizer is required)")
+        try:
+            return cls(path.read_bytes())
+        except RuntimeError as exc:
+            raise TokenizerError(f"{path}: not a SentencePiece model: {exc}") from exc
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, seed_words: Iterable[str] = ()) -> Tokenizer:
+    """Train a unigram SentencePiece model with byte fallback, so any character round-trips.
+
+    ``vocab_size`` counts pieces only; the 100 sentinels come on top.
+    """
+    corpus = [t for t in texts if t and t.strip()] + list(seed_words)
+    if not corpus:
+        raise TokenizerError("no text to train a tokenizer on")
+    buffer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(corpus),
+            model_writer=buffer,
+            vocab_size=vocab_size,
+            model_type="unigram",
+            byte_fallback=True,
+            character_coverage=0.9995,
+            user_defined_symbols=list(_USER_SYMBOLS),
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            hard_vocab_limit=False,  # tiny corpora (tests) get a smaller vocabulary instead of an error
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        raise TokenizerError(f"tokenizer training failed: {exc}") from exc
+    return Tokenizer(buffer.getvalue())

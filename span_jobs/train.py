@@ -1,0 +1,200 @@
+"""Training: labeled tweets in, a model directory with the best validation checkpoint out.
+
+Reads top to bottom: split -> tokenizer -> model -> examples -> loop (train, validate, keep best).
+"""
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .codec import Codec
+from .data import LabeledData, LabeledTweet, split_train_validation
+from .evaluate import evaluate_model
+from .extract import SpanExtractor, pick_device
+from .model import LoadedModel, ModelMetadata, build_model, load_model, new_version, save_model
+from .tokenizer import train_tokenizer
+from .words import locate_selection
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot produce a trustworthy model (no data, loss went NaN, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "small"  # model size when training from scratch; ignored with init_from
+    init_from: str | None = None  # a model directory (or default/promoted) to fine-tune instead
+    epochs: int = 4  # from-scratch T5 still improves at 4 epochs on 24k tweets (shared/notes)
+    batch_size: int = 64
+    lr: float = 1e-3  # high for a from-scratch T5; use ~3e-4 when fine-tuning a trained model
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06  # linear warm-up then linear decay to zero
+    clip_norm: float = 1.0
+    vocab_size: int = 8000  # SentencePiece pieces; the 100 markers come on top
+    validation_percent: int = 10  # share of tweet ids (by hash) kept for validation, same every run
+    sentiment_task: bool = True  # also learn to tag sentiment: one model, two tasks
+    seed: int = 0
+    device: str = "auto"
+    limit: int | None = None  # train on the first N usable rows (smoke runs)
+    extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
+
+
+@dataclass
+class TrainResult:
+    directory: Path
+    version: str
+    validation: dict
+    history: list[dict]
+
+
+def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool) -> list[tuple[list[int], list[int]]]:
+    """(input ids, target ids) pairs; tweets whose selection maps to no word are skipped (counted by caller)."""
+    examples = []
+    for t in tweets:
+        words = codec.words(t.text)
+        located = locate_selection(words, t.selected_text)
+        if located is None:
+            continue
+        examples.append((codec.span_input(words, t.sentiment), codec.span_target(*located)))
+        if sentiment_task:
+            examples.append((codec.sentiment_input(words), codec.sentiment_target(t.sentiment)))
+    return examples
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar lengths: sort inside random pools of 50 batches, then shuffle batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * 50
+    batches = []
+    for p in range(0, len(order), pool):
+        chunk = sorted(order[p : p + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def validate(loaded: LoadedModel, tweets: list[LabeledTweet], device: str, predict_sentiment: bool) -> dict:
+    """Validation figures of the model being trained; its fp32 weights stay as they are (autocast on GPU)."""
+    extractor = SpanExtractor(loaded, device=device, cast_to_bf16_on_gpu=False)
+    on_gpu = extractor.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+        figures = evaluate_model(extractor, tweets, predict_sentiment)
+    figures.pop("model_version")
+    return figures
+
+
+def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: str = "") -> TrainResult:
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+
+    # ---- split: fixed by id hash, so every run validates on the same tweets -------------------
+    train_tweets, val_tweets = split_train_validation(data.tweets, config.validation_percent)
+    if config.limit:
+        train_tweets = train_tweets[: config.limit]
+        val_tweets = val_tweets[: max(1, config.limit // 5)]
+    if not train_tweets or not val_tweets:
+        raise TrainingError(f"need both training and validation tweets; got {len(train_tweets)} and {len(val_tweets)}")
+    log.info("training on %d tweets, validating on %d", len(train_tweets), len(val_tweets))
+
+    # ---- tokenizer and model: fine-tune a given one, or build fresh ---------------------------
+    if config.init_from:
+        base = load_model(config.init_from)
+        tokenizer, model = base.tokenizer, base.model
+    else:
+        tokenizer = train_tokenizer([t.text for t in train_tweets] + config.extra_texts, vocab_size=config.vocab_size)
+        model = build_model(config.preset, tokenizer, seed=config.seed)
+    model.to(device)
+    codec = Codec(tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %.1fM parameters on %s", n_params / 1e6, device)
+
+    # ---- examples --------------------------------------------------------------------------
+    examples = make_examples(codec, train_tweets, config.sentiment_task)
+    if not examples:
+        raise TrainingError("no usable training examples")
+    lengths = [len(x) for x, _ in examples]
+
+    # ---- optimiser and schedule --------------------------------------------------------------
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = max(1, int(total_steps * config.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+    rng = random.Random(config.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    # ---- loop: train an epoch, validate, keep the best ---------------------------------------
+    metadata = ModelMetadata(
+        version=new_version(config.preset if not config.init_from else "ft"),
+        created_at="",
+        preset=None if config.init_from else config.preset,
+        data_digest=data.digest(),
+        training={"command": command, "config": {k: v for k, v in asdict(config).items() if k != "extra_texts"}},
+    )
+    history: list[dict] = []
+    best: dict | None = None
+    log_path = out_dir.with_name(out_dir.name + ".train_log.jsonl")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        total_loss, seen = 0.0, 0
+        bar = tqdm(length_bucketed_batches(lengths, config.batch_size, rng), desc=f"epoch {epoch}", leave=False)
+        for rows in bar:
+            inputs = codec.pad([examples[i][0] for i in rows])
+            labels = codec.pad([examples[i][1] for i in rows], pad_value=-100).input_ids
+            with autocast:
+                loss = model(
+                    input_ids=inputs.input_ids.to(device),
+                    attention_mask=inputs.attention_mask.to(device),
+                    labels=labels.to(device),
+                ).loss
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            total_loss += loss.item() * len(rows)
+            seen += len(rows)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        model.eval()
+        loaded = LoadedModel(model, tokenizer, metadata)
+        figures = validate(loaded, val_tweets, str(device), predict_sentiment=config.sentiment_task)
+        record = {"epoch": epoch, "step": step, "train_loss": total_loss / max(1, seen), **figures,
+                  "seconds": round(time.monotonic() - started, 1)}
+        history.append(record)
+        with log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("epoch %d: loss %.4f, validation jaccard %.4f", epoch, record["train_loss"], figures["jaccard"])
+        if best is None or figures["jaccard"] > best["jaccard"]:
+            best = record
+            metadata.validation = {**figures, "epoch": epoch, "validation_percent": config.validation_percent}
+            metadata.training["epochs_run"] = epoch
+            metadata.training["seconds"] = record["seconds"]
+            metadata.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            save_model(LoadedModel(model, tokenizer, metadata), out_dir)
+    assert best is not None
+    return TrainResult(out_dir, metadata.version, metadata.validation, history)
