@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from .data import DataError
-from .model import ModelError
-from .tokenizer import TokenizerError
+from .errors import DataError, ModelError, StoreError, TokenizerError, TrainingError
 
 # Errors the library names; each becomes one clear line and exit status 1, not a traceback.
-KNOWN_ERRORS: tuple[type[Exception], ...] = (DataError, ModelError, TokenizerError, ValueError, OSError)
+# ValueError and OSError cover bad arguments and missing/unreadable files from the layers below.
+KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    DataError, ModelError, TokenizerError, StoreError, TrainingError, ValueError, OSError,
+)
 
 
 class SpanJobsGroup(click.Group):
@@ -141,6 +142,163 @@ def predict(model_spec, registry, input_path, output_path, device, token_budget)
     written = predict_file(input_path, output_path, model_spec, registry=registry, device=device,
                            token_budget=token_budget)
     click.echo(f"wrote {written} rows to {output_path}")
+
+
+@cli.command()
+@click.option("--inbox", type=click.Path(path_type=Path), default=None,
+              help="Directory or glob of Parquet files [default: $SPAN_JOBS_HOME/inbox].")
+@click.option("--database", type=click.Path(path_type=Path), default=None,
+              help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
+@click.option("--model", "model_spec", default="promoted", show_default=True,
+              help="A model directory, 'default', 'promoted' or 'full-text-baseline'.")
+@registry_option
+@device_option
+@budget_option
+@click.option("--settle-seconds", default=10.0, show_default=True,
+              help="Leave files modified this recently for a later run (they may still be being written).")
+def extract(inbox, database, model_spec, registry, device, token_budget, settle_seconds):
+    """Extract spans from new inbox files into DuckDB (what the extract-spans flow runs).
+
+    Example: span-jobs extract --inbox inbox/ --database spans.duckdb --model default
+    """
+    from . import settings
+    from .extract import FullTextExtractor, SpanExtractor
+    from .model import load_model
+    from .pipeline import run_extract
+
+    inbox = settings.checked_path(inbox or settings.default_inbox(), "inbox")
+    database = settings.checked_path(database or settings.default_database(), "database")
+    extractor = (FullTextExtractor() if model_spec == "full-text-baseline" else
+                 SpanExtractor(load_model(model_spec, registry), device=device, token_budget=token_budget))
+    summary = run_extract(inbox, database, extractor, settle_seconds=settle_seconds)
+    for f in summary.files:
+        click.echo(f"{f.status:<8} {f.path}: {f.rows_in} in, {f.rows_stored} stored, {f.rows_quarantined} quarantined"
+                   + (f" ({f.error})" if f.error else ""))
+    click.echo(f"run {summary.run_id}: {len(summary.files)} file(s), {summary.rows_stored} spans stored, "
+               f"{summary.rows_quarantined} rows quarantined, model {summary.model_version}")
+
+
+@cli.command()
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Labeled CSV/Parquet file or a directory of them.")
+@registry_option
+@click.option("--database", type=click.Path(path_type=Path), default=None,
+              help="DuckDB file that records the run [default: $SPAN_JOBS_HOME/spans.duckdb].")
+@click.option("--preset", default="small", show_default=True)
+@click.option("--init-from", default=None, help="Fine-tune this model ('promoted', 'default' or a directory).")
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Train on the first N rows only.")
+@device_option
+def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit, device):
+    """Train a challenger and promote it only if its validation Jaccard beats the champion's.
+
+    Example: span-jobs retrain --data labeled.csv --preset small --epochs 4
+    """
+    from . import settings
+    from .retrain import outcome_dict
+    from .retrain import retrain as run_retrain
+    from .train import TrainConfig
+
+    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, limit=limit, device=device)
+    outcome = run_retrain(settings.checked_path(data_path, "data"), config, registry_root=registry,
+                          database=database or settings.default_database(), device=device)
+    click.echo(json.dumps(outcome_dict(outcome)))
+
+
+@cli.command()
+@click.option("--database", type=click.Path(path_type=Path), default=None,
+              help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="HTML file to write [default: $SPAN_JOBS_HOME/report.html].")
+def report(database, out):
+    """Write a self-contained HTML report with charts of the spans database.
+
+    Example: span-jobs report --database spans.duckdb --out report.html
+    """
+    from . import settings
+    from .report import write_report
+
+    database = database or settings.default_database()
+    out = out or settings.home() / "report.html"
+    summary = write_report(database, out).summary
+    click.echo(f"wrote {out}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--database", type=click.Path(path_type=Path), default=None,
+              help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def query(sql, database, fmt):
+    """Run one read-only SQL statement on the spans database (no writes, no attach, no file access).
+
+    Example: span-jobs query "select sentiment, count(*) as tweets from spans group by sentiment"
+    """
+    import csv
+
+    from . import settings
+    from .store import run_query
+
+    names, rows = run_query(database or settings.default_database(), sql)
+    if fmt == "json":
+        for row in rows:
+            click.echo(json.dumps(dict(zip(names, row)), default=str, ensure_ascii=False))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(names)
+        writer.writerows(rows)
+    else:
+        widths = [min(40, max([len(n)] + [len(str(r[i])) for r in rows])) for i, n in enumerate(names)]
+        click.echo("  ".join(n.ljust(w) for n, w in zip(names, widths)))
+        for row in rows:
+            click.echo("  ".join(str(v)[:w].ljust(w) for v, w in zip(row, widths)))
+        click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
+              help="Where the demo's inbox, database, registry and report go.")
+def demo(workdir):
+    """Run the whole job on made-up tweets: sample inbox -> extract-spans flow -> report flow.
+
+    Example: span-jobs demo
+    """
+    import os
+
+    from .demo import demo_model, make_sample_inbox
+
+    workdir = workdir.resolve()
+    os.environ.setdefault("SPAN_JOBS_HOME", str(workdir))
+    inbox, database, report_path = workdir / "inbox", workdir / "spans.duckdb", workdir / "report.html"
+    files = make_sample_inbox(inbox)
+    click.echo(f"sample inbox: {len(files)} Parquet files in {inbox}")
+    model_spec = demo_model(workdir)
+    click.echo(f"model: {model_spec}")
+    from flows.extract_spans import extract_spans
+    from flows.report import span_report
+
+    result = extract_spans(inbox=str(inbox), database=str(database), model=model_spec,
+                           registry=str(workdir / "registry"), settle_seconds=0)
+    span_report(database=str(database), out=str(report_path))
+    click.echo(f"\nspans: {result['rows_stored']} stored, {result['rows_quarantined']} quarantined, "
+               f"{result['tweets_per_second']} tweets/s, model {result['model_version']}")
+    click.echo(f"database: {database}\nreport:   {report_path}")
+    click.echo(f"try:      span-jobs query --database {database} "
+               "\"select sentiment, span, text from spans where sentiment <> 'neutral' limit 10\"")
+
+
+@cli.command("labeled-arrived")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def labeled_arrived(path):
+    """Announce new labeled data to Prefect; the retrain-model deployment's trigger starts a retrain.
+
+    Example: span-jobs labeled-arrived labeled/2026-12-01.csv
+    """
+    from flows.retrain import announce_labeled_data
+
+    event = announce_labeled_data(str(path.resolve()))
+    click.echo(f"emitted {event}")
 
 
 def main() -> None:

@@ -8,15 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from .errors import DataError
+
 log = logging.getLogger(__name__)
 
 SENTIMENTS = ("negative", "neutral", "positive")
 LABELED_COLUMNS = ("textID", "text", "selected_text", "sentiment")
 DATA_SUFFIXES = (".csv", ".parquet")
-
-
-class DataError(ValueError):
-    """A data file that cannot be used at all: missing, unreadable, or lacking a column."""
 
 
 @dataclass(frozen=True, slots=True)

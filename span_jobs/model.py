@@ -13,7 +13,8 @@ from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # our own progress bars are enough; HF's "Loading weights" bar is noise
 
-from .tokenizer import Tokenizer, TokenizerError
+from .errors import ModelError, TokenizerError
+from .tokenizer import Tokenizer
 
 METADATA_FILE = "span_jobs.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -27,10 +28,6 @@ PRESETS: dict[str, dict[str, int]] = {
     "medium": dict(d_model=384, d_ff=1536, num_heads=6, num_layers=6, num_decoder_layers=2),  # ~20M
     "base": dict(d_model=768, d_ff=3072, num_heads=12, num_layers=12, num_decoder_layers=12),  # t5-base shape
 }
-
-
-class ModelError(ValueError):
-    """A model that cannot be built or loaded."""
 
 
 @dataclass

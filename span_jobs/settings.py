@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from .errors import PathOutsideRoots
+
 
 def home() -> Path:
     """SPAN_JOBS_HOME, else ~/.span-jobs: registry, default database and inbox live here."""
@@ -19,3 +21,21 @@ def default_database() -> Path:
 
 def default_inbox() -> Path:
     return home() / "inbox"
+
+
+def allowed_roots() -> list[Path]:
+    """SPAN_JOBS_ROOTS (os.pathsep-separated); empty means no restriction."""
+    raw = os.environ.get("SPAN_JOBS_ROOTS", "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def checked_path(path: str | Path, what: str) -> Path:
+    """The path, resolved; refused if SPAN_JOBS_ROOTS is set and the path lies outside every root.
+
+    Resolving first means ``..`` and symbolic links cannot lead out of a root.
+    """
+    resolved = Path(path).expanduser().resolve()
+    roots = allowed_roots()
+    if roots and not any(resolved == r or r in resolved.parents for r in roots):
+        raise PathOutsideRoots(f"{what} {path} is outside the allowed roots ({', '.join(map(str, roots))})")
+    return resolved

@@ -8,15 +8,12 @@ from pathlib import Path
 import sentencepiece as spm
 
 from .data import SENTIMENTS
+from .errors import TokenizerError
 
 SPIECE_FILE = "spiece.model"
 N_SENTINELS = 100  # T5's <extra_id_0..99>; we use them as word markers
 # Whole pieces for the words the model must emit or read as one token.
 _USER_SYMBOLS = tuple(f"\u2581{s}" for s in SENTIMENTS)
-
-
-class TokenizerError(ValueError):
-    """A tokenizer that cannot be trained or loaded."""
 
 
 class Tokenizer:

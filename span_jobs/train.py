@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .codec import Codec
 from .data import LabeledData, LabeledTweet, split_train_validation
 from .evaluate import evaluate_model
+from .errors import TrainingError
 from .extract import SpanExtractor, pick_device
 from .model import LoadedModel, ModelMetadata, build_model, load_model, new_version, save_model
 from .tokenizer import train_tokenizer
@@ -24,9 +25,7 @@ from .words import locate_selection
 
 log = logging.getLogger(__name__)
 
-
-class TrainingError(RuntimeError):
-    """Training that cannot produce a trustworthy model (no data, loss went NaN, ...)."""
+TRAIN_LOG = "train_log.jsonl"
 
 
 @dataclass
@@ -153,8 +152,6 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     )
     history: list[dict] = []
     best: dict | None = None
-    log_path = out_dir.with_name(out_dir.name + ".train_log.jsonl")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     step = 0
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -186,8 +183,6 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         record = {"epoch": epoch, "step": step, "train_loss": total_loss / max(1, seen), **figures,
                   "seconds": round(time.monotonic() - started, 1)}
         history.append(record)
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
         log.info("epoch %d: loss %.4f, validation jaccard %.4f", epoch, record["train_loss"], figures["jaccard"])
         if best is None or figures["jaccard"] > best["jaccard"]:
             best = record
@@ -196,5 +191,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
             metadata.training["seconds"] = record["seconds"]
             metadata.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             save_model(LoadedModel(model, tokenizer, metadata), out_dir)
+        # the whole history, best epoch or not, beside the weights it explains
+        (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))
     assert best is not None
     return TrainResult(out_dir, metadata.version, metadata.validation, history)

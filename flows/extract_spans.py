@@ -1,0 +1,107 @@
+"""Prefect flow "extract-spans": new inbox Parquet files -> spans in DuckDB.
+
+Extract (find new files) / Transform (stream each through the model) / Load (one transaction
+per file) — the work itself lives in span_jobs.pipeline; this file only orchestrates and reports.
+"""
+
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from span_jobs import pipeline, settings
+from span_jobs.extract import FullTextExtractor, SpanExtractor
+from span_jobs.model import load_model, resolve_model_dir
+
+
+@task(cache_policy=NO_CACHE)
+def load_extractor(model: str, registry: str | None, device: str, token_budget: int):
+    """Load the model once: every file of this run gets the same model version."""
+    if model == "full-text-baseline":
+        return FullTextExtractor()
+    directory = resolve_model_dir(model, registry)
+    return SpanExtractor(load_model(directory), device=device, token_budget=token_budget)
+
+
+@task(cache_policy=NO_CACHE)
+def find_new_files(inbox: str, database: str, settle_seconds: float) -> list[pipeline.InboxFile]:
+    """Inbox files not yet in the ledger."""
+    return pipeline.discover(inbox, database, settle_seconds)
+
+
+@task(cache_policy=NO_CACHE)
+def extract_file(f: pipeline.InboxFile, extractor, database: str, run_id: str, batch_rows: int) -> pipeline.FileOutcome:
+    """Claim, stage and load one file (all of it or none of it)."""
+    return pipeline.process_file(f, extractor, database, run_id, batch_rows)
+
+
+@flow(name="extract-spans", log_prints=True)
+def extract_spans(
+    inbox: str | None = None,
+    database: str | None = None,
+    model: str = "promoted",
+    registry: str | None = None,
+    token_budget: int = 8192,
+    device: str = "auto",
+    batch_rows: int = 4096,
+    settle_seconds: float = 10.0,
+) -> dict:
+    """Extract sentiment spans from new inbox files into DuckDB.
+
+    inbox: directory or glob of Parquet files [default: $SPAN_JOBS_HOME/inbox]
+    database: DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb]
+    model: model directory, 'default', 'promoted' or 'full-text-baseline'
+    """
+    logger = get_run_logger()
+    inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
+    database = str(settings.checked_path(database or settings.default_database(), "database"))
+    registry = str(settings.checked_path(registry, "registry")) if registry else None
+    run_id = str(flow_run.get_id() or pipeline.new_run_id())
+    started = time.perf_counter()
+
+    # ---- extract: what is new ----
+    extractor = load_extractor(model, registry, device, token_budget)
+    files = find_new_files(inbox, database, settle_seconds)
+    logger.info("%d new file(s) in %s; model %s", len(files), inbox, extractor.version)
+
+    # ---- transform + load: file by file, each in one transaction ----
+    progress = create_progress_artifact(progress=0.0, key="extract-spans-progress",
+                                        description="Share of this run's inbox files finished")
+    summary = pipeline.RunSummary(run_id, extractor.version)
+    for i, f in enumerate(files, start=1):
+        outcome = extract_file(f, extractor, database, run_id, batch_rows)
+        summary.files.append(outcome)
+        if outcome.status == "failed":
+            logger.warning("%s: file-level error recorded in the ledger: %s", f.path, outcome.error)
+        update_progress_artifact(progress, progress=100.0 * i / len(files))
+    if not files:
+        update_progress_artifact(progress, progress=100.0)
+    summary.seconds = time.perf_counter() - started
+
+    result = {
+        "run_id": run_id,
+        "model_version": summary.model_version,
+        "files_done": summary.count("done"),
+        "files_failed": summary.count("failed"),
+        "files_skipped": summary.count("skipped"),
+        "rows_in": summary.rows_in,
+        "rows_stored": summary.rows_stored,
+        "rows_quarantined": summary.rows_quarantined,
+        "seconds": round(summary.seconds, 2),
+        "tweets_per_second": round(summary.rows_in / summary.seconds, 1) if summary.seconds else 0.0,
+    }
+    create_table_artifact(
+        key="extract-spans-summary",
+        table=[result] + [{"file": o.path, "status": o.status, "rows_in": o.rows_in, "rows_stored": o.rows_stored,
+                           "rows_quarantined": o.rows_quarantined, "seconds": round(o.seconds, 2),
+                           "error": o.error or ""} for o in summary.files],
+        description=f"extract-spans run {run_id}: counts and throughput",
+    )
+    logger.info("done: %s", result)
+    return result
+
+
+if __name__ == "__main__":
+    extract_spans()

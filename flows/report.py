@@ -1,0 +1,25 @@
+"""Prefect flow "span-report": report views as Prefect artifacts, plus a self-contained HTML file."""
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from span_jobs import settings
+from span_jobs.report import write_report
+
+
+@flow(name="span-report")
+def span_report(database: str | None = None, out: str | None = None) -> str:
+    """Publish the reports of a span database; returns the path of the HTML report."""
+    logger = get_run_logger()
+    database = str(settings.checked_path(database or settings.default_database(), "database"))
+    out = str(settings.checked_path(out or settings.home() / "report.html", "out"))
+    report = write_report(database, out)
+    lines = [f"- {k.replace('_', ' ')}: **{v:,}**" for k, v in report.summary.items()]
+    create_markdown_artifact(key="span-report-summary", markdown="## span-jobs\n\n" + "\n".join(lines)
+                             + f"\n\nHTML report with charts: `{out}`")
+    for name, frame in report.tables.items():
+        rows = frame.head(100).astype(str).to_dict(orient="records")
+        create_table_artifact(key=f"span-report-{name.replace('_', '-')}", table=rows or [{"rows": "none"}],
+                              description=name.replace("_", " "))
+    logger.info("report written to %s", out)
+    return out

@@ -1,0 +1,75 @@
+"""Prefect flow "retrain-model": train a challenger, promote it only if it beats the champion.
+
+Scheduled weekly and triggered by the event "span-jobs.labeled-data.arrived" (see
+deployments/prefect.yaml and `span-jobs labeled-arrived`). The gate lives in span_jobs.retrain.
+"""
+
+from dataclasses import asdict
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from span_jobs import settings
+from span_jobs.retrain import retrain
+from span_jobs.train import TrainConfig
+
+
+@flow(name="retrain-model")
+def retrain_model(
+    data: str,
+    registry: str | None = None,
+    database: str | None = None,
+    preset: str = "small",
+    init_from: str | None = None,
+    epochs: int = 4,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    limit: int | None = None,
+    device: str = "auto",
+) -> dict:
+    """Retrain on labeled data (a CSV/Parquet file or a directory) and promote only on strict improvement.
+
+    init_from: None for a fresh model of `preset`, 'promoted' to fine-tune the champion, or a local
+    Hugging Face T5 directory.
+    """
+    logger = get_run_logger()
+    data = str(settings.checked_path(data, "data"))
+    registry = str(settings.checked_path(registry or settings.registry_root(), "registry"))
+    database = str(settings.checked_path(database or settings.default_database(), "database"))
+    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, batch_size=batch_size,
+                         limit=limit, device=device)
+    run_id = f"retrain-{flow_run.get_id() or 'local'}"
+    outcome = retrain(data, config, registry_root=registry, database=database, run_id=run_id, device=device)
+    logger.info("%s", outcome.reason)
+
+    def fmt(x):
+        return "—" if x is None else f"{x:.4f}"
+
+    create_markdown_artifact(
+        key="retrain-model-decision",
+        markdown=(
+            f"## Retrain {outcome.run_id}: {'**promoted**' if outcome.is_promoted else 'not promoted'}\n\n"
+            f"{outcome.reason}\n\n| model | version | validation Jaccard |\n|---|---|---|\n"
+            f"| challenger | {outcome.challenger_version} | {fmt(outcome.challenger_jaccard)} |\n"
+            f"| champion | {outcome.champion_version or '—'} | {fmt(outcome.champion_jaccard)} |\n"
+            f"| full-text baseline | — | {fmt(outcome.baseline_jaccard)} |\n\n"
+            f"{outcome.n_train} training and {outcome.n_validation} validation tweets; data {outcome.data_digest[:12]}"
+        ),
+        description="Champion/challenger decision",
+    )
+    return asdict(outcome)
+
+
+LABELED_DATA_EVENT = "span-jobs.labeled-data.arrived"
+
+
+def announce_labeled_data(path: str) -> str:
+    """Emit the event the retrain-model deployment's trigger waits for; the path travels as a resource label."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event=LABELED_DATA_EVENT,
+        resource={"prefect.resource.id": f"span-jobs.labeled-data.{path}", "span-jobs.path": path},
+    )
+    return LABELED_DATA_EVENT

@@ -1,0 +1,78 @@
+-- span-jobs store: applied on every open; every statement is idempotent.
+
+-- One row per extracted tweet. model_version says which model produced it.
+create table if not exists spans (
+    tweet_id            varchar not null,
+    text                varchar not null,
+    sentiment           varchar not null,
+    is_sentiment_given  boolean not null,
+    sentiment_prob      double,            -- null when the sentiment was given
+    span                varchar not null,  -- always substr of text at [span_start, span_end)
+    span_start          integer not null,  -- character offsets (Python code points, 0-based, end exclusive)
+    span_end            integer not null,
+    model_version       varchar not null,
+    source_file         varchar not null,
+    source_row          bigint not null,   -- 1-based row in the source file
+    run_id              varchar not null,
+    processed_at        timestamptz not null,
+    tweet_created_at    timestamptz,       -- the raw tweet's created_at, when it had one
+    extra_columns       json               -- the raw tweet's other columns
+);
+
+-- Rows that could not be processed, with the reason. Nothing is dropped silently.
+create table if not exists quarantine (
+    source_file     varchar not null,
+    source_row      bigint not null,
+    tweet_id        varchar,
+    text            varchar,   -- as much of the raw text as could be decoded (first 1,000 characters)
+    reason          varchar not null,  -- a fixed phrase, good for group by
+    detail          varchar,           -- the specifics (the bad label, the first file of a duplicate id, ...)
+    run_id          varchar not null,
+    quarantined_at  timestamptz not null
+);
+
+-- The ledger: one row per inbox file version (path, size, mtime) that a run finished with.
+-- A file is written together with its spans and quarantine rows in one transaction.
+create table if not exists processed_files (
+    file_path         varchar not null,
+    size_bytes        bigint not null,
+    mtime_ns          bigint not null,
+    sha256            varchar,
+    status            varchar not null,   -- done | failed
+    rows_in           bigint,
+    rows_stored       bigint,
+    rows_quarantined  bigint,
+    error             varchar,            -- file-level error for status failed
+    model_version     varchar,
+    run_id            varchar not null,
+    processed_at      timestamptz not null,
+    primary key (file_path, size_bytes, mtime_ns)
+);
+
+-- Every retraining run and its decision.
+create table if not exists training_runs (
+    run_id              varchar primary key,
+    started_at          timestamptz not null,
+    finished_at         timestamptz,
+    data_path           varchar,
+    data_digest         varchar,
+    n_train             bigint,
+    n_validation        bigint,
+    challenger_version  varchar,
+    challenger_jaccard  double,
+    champion_version    varchar,
+    champion_jaccard    double,
+    baseline_jaccard    double,
+    is_promoted         boolean not null default false,
+    decision_reason     varchar
+);
+
+-- Promotions, newest last: the model history.
+create table if not exists model_registry (
+    model_version       varchar not null,
+    model_path          varchar not null,
+    validation_jaccard  double,
+    data_digest         varchar,
+    promoted_at         timestamptz not null,
+    training_run_id     varchar
+);
