@@ -144,14 +144,14 @@ def split_train_validation(
 
 
 def read_raw(path: str | Path, id_column: str = "id") -> pd.DataFrame:
-    """Raw tweets (an id and ``text``; ``sentiment`` optional) for prediction.
+    """Raw tweets (an id and ``text``; ``sentiment`` optional) for prediction, columns as in the file.
 
     ``textID`` is accepted for the id, as in the Kaggle files.
     """
     path = Path(path)
     frame = read_table(path)
     if id_column not in frame.columns and "textID" in frame.columns:
-        frame = frame.rename(columns={"textID": id_column})
+        id_column = "textID"
     _require_columns(frame, (id_column, "text"), path)
     return frame
 

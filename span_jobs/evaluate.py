@@ -29,6 +29,6 @@ def evaluate_model(extractor, tweets: Sequence[LabeledTweet], predict_sentiment:
     figures["model_version"] = extractor.version
     if predict_sentiment:
         end_to_end = score_predictions(tweets, extractor.extract(texts, None))
-        figures["sentiment_accuracy"] = end_to_end["sentiment_accuracy"]
+        figures["sentiment_accuracy"] = end_to_end.get("sentiment_accuracy")  # None for no tweets
         figures["predicted_sentiment"] = {k: end_to_end[k] for k in ("jaccard", "per_sentiment")}
     return figures

@@ -40,13 +40,16 @@ class WordSpanConstraint(LogitsProcessor):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         step = input_ids.shape[1] - 1  # tokens generated so far (the start token does not count)
         vocab = scores.shape[-1]
-        index = self.marker_index[:vocab].to(scores.device)  # (V,)
+        index = self.marker_index.to(scores.device)
+        if vocab > index.shape[0]:  # models pad their vocabulary (t5-base: 32128 ids for 32100 tokens)
+            index = torch.cat([index, index.new_full((vocab - index.shape[0],), -1)])
+        index = index[:vocab]  # (V,)
         n_words = self.n_words.to(scores.device).repeat_interleave(scores.shape[0] // self.n_words.shape[0])
         if step >= 2:
             allowed = torch.zeros_like(scores, dtype=torch.bool)
             allowed[:, self.eos_id] = True
         else:
-            low = torch.zeros_like(n_words) if step == 0 else self.marker_index.to(scores.device)[input_ids[:, -1]]
+            low = torch.zeros_like(n_words) if step == 0 else index[input_ids[:, -1]]
             allowed = (index[None, :] >= low[:, None]) & (index[None, :] < n_words[:, None])  # (B, V)
         return scores.masked_fill(~allowed, float("-inf"))
 

@@ -133,8 +133,8 @@ def load_model_dir(directory: str | Path, dtype: torch.dtype = torch.float32) ->
         model = T5ForConditionalGeneration.from_pretrained(
             directory, use_safetensors=True, dtype=dtype, local_files_only=True, trust_remote_code=False
         )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{directory}: cannot load the T5 model: {exc}") from exc
+    except Exception as exc:  # safetensors, transformers and torch each raise their own types here
+        raise ModelError(f"{directory}: cannot load the T5 model: {type(exc).__name__}: {exc}") from exc
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ModelError(
             f"{directory}: model vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "

@@ -40,7 +40,7 @@ class Tokenizer:
 
     def save(self, directory: Path) -> None:
         (directory / SPIECE_FILE).write_bytes(self.model_proto)
-        # Lets Hugging Face's own loader read the directory too.
+        # Names the tokenizer class for Hugging Face's loader (which also needs protobuf to read spiece.model).
         config = {"tokenizer_class": "T5Tokenizer", "extra_ids": N_SENTINELS, "model_max_length": 512}
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 

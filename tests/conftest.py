@@ -28,7 +28,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-REAL_LABELED = Path("/work/shared/data/tweets/labeled.csv")
+# Kaggle-format labeled tweets, read in place when present; SPAN_JOBS_TEST_LABELED points elsewhere.
+# ../shared beside the checkout, as on developer machines and in CI
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets"
+REAL_LABELED = Path(os.environ.get("SPAN_JOBS_TEST_LABELED", SHARED_DATA / "labeled.csv"))
 SENTIMENTS = ("negative", "neutral", "positive")
 
 # ---- generated tweets ------------------------------------------------------------------------
@@ -113,18 +116,21 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, labeled_rows):
-    """A tiny T5 trained one epoch by span_jobs.train.train on the 200 generated tweets."""
+def trained_data(tmp_path_factory, labeled_rows):
+    """The 200 generated tweets as read_labeled returns them from a CSV file."""
     from span_jobs.data import read_labeled
+
+    return read_labeled(write_csv(labeled_rows, tmp_path_factory.mktemp("train-data") / "labeled.csv"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, trained_data):
+    """A tiny T5 trained one epoch by span_jobs.train.train on the 200 generated tweets (a TrainResult)."""
     from span_jobs.train import TrainConfig, train
 
-    csv = write_csv(labeled_rows, tmp_path_factory.mktemp("train-data") / "labeled.csv")
-    data = read_labeled(csv)
     config = TrainConfig(preset="tiny", epochs=1, batch_size=32, vocab_size=400, device="cpu", seed=0)
-    out = tmp_path_factory.mktemp("trained") / "model"
-    result = train(data, out, config, command="pytest conftest trained fixture")
-    result.data = data  # the exact LabeledData it was trained on, for digest checks
-    return result
+    return train(trained_data, tmp_path_factory.mktemp("trained") / "model", config,
+                 command="pytest conftest trained fixture")
 
 
 @pytest.fixture(scope="session")
@@ -149,3 +155,24 @@ def make_rows():
 @pytest.fixture(scope="session")
 def save_csv():
     return write_csv
+
+
+# ---- options ---------------------------------------------------------------------------------
+def pytest_addoption(parser):
+    parser.addoption("--crash-trials", type=int, default=10,
+                     help="SIGKILL trials in the crash-safety test (default 10; `make test-all` runs 30)")
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def crash_trials(request) -> int:
+    return request.config.getoption("--crash-trials")

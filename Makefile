@@ -1,0 +1,30 @@
+# Two entry points on a fresh machine: `make demo` and `make test` (each installs first).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test test-all bench
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 first: it is the CPU build on this disk; a bare "torch" pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/span-jobs demo
+
+test: install
+	$(PY) -m pytest
+
+test-all: install
+	$(PY) -m pytest --run-slow --crash-trials 30
+
+bench: install
+	$(PY) bench/quality.py
+	$(PY) bench/throughput.py
+	$(PY) bench/stream_memory.py

@@ -1,0 +1,112 @@
+"""The path a user takes: a real `prefect server start`, the deployments in deployments/prefect.yaml,
+a process worker, `prefect deployment run extract-spans/extract-spans --watch`, spans in DuckDB.
+
+Every process started here is stopped at the end, whatever happens.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"Prefect server at {url} did not become healthy in {timeout}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture()
+def prefect_server(tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "SPAN_JOBS_HOME": str(tmp_path / "home"), "SPAN_JOBS_REPO": str(REPO),
+           "SPAN_JOBS_LABELED": str(tmp_path / "labeled.csv")}
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(api, timeout=120)
+        yield env
+    finally:
+        stop(server)
+        log.close()
+
+
+def run(args, env, timeout=180):
+    result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path, tiny_model_dir):
+    env = prefect_server
+    inbox, db = tmp_path / "inbox", tmp_path / "spans.duckdb"
+    inbox.mkdir()
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(25)], "text": [f"deployed tweet {i} rocks" for i in range(25)]}),
+                   inbox / "a.parquet")
+
+    run([PREFECT, "work-pool", "create", "span-jobs", "--type", "process"], env)
+    out = run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+    for name in ("extract-spans/extract-spans", "retrain-model/retrain-model", "span-report/span-report"):
+        assert name in run([PREFECT, "deployment", "inspect", name], env) or name in out
+
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "span-jobs"], env=env, cwd=tmp_path,
+                              stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        params = {"inbox": str(inbox), "database": str(db), "model": str(tiny_model_dir), "settle_seconds": 0,
+                  "device": "cpu"}
+        watched = subprocess.run(
+            [PREFECT, "deployment", "run", "extract-spans/extract-spans", "--params", json.dumps(params),
+             "--watch", "--watch-timeout", "300"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=360)
+        worker_log.flush()
+        assert watched.returncode == 0, watched.stdout + watched.stderr + (tmp_path / "worker.log").read_text()
+        assert "Completed" in watched.stdout + watched.stderr
+    finally:
+        stop(worker)
+        worker_log.close()
+
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select count(*), count(distinct tweet_id) from spans").fetchone() == (25, 25)
+    assert con.execute("select count(*) from processed_files where status = 'done'").fetchone() == (1,)
+    con.close()

@@ -1,0 +1,356 @@
+"""Batched constrained extraction: spans are whole words of the raw text, whatever the batch."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import LogitsProcessorList, T5Config, T5ForConditionalGeneration
+
+from span_jobs.codec import MAX_PIECES_PER_WORD, Codec, token_budget_batches
+from span_jobs.data import SENTIMENTS
+from span_jobs.extract import FullTextExtractor, SpanExtractor, WordSpanConstraint, annotate
+from span_jobs.metric import mean_jaccard
+from span_jobs.model import load_model_dir
+from span_jobs.words import split_words
+
+LONG = " ".join(["i just got home from work and the movie was on"] * 6) + " so sad!!!"  # 67 words
+VARIED = [
+    "ugh",
+    LONG,
+    "  I love this day so much  ",
+    "what a great day at the beach with my friends lol",
+    "\tso  tired\nof work {today} <3 😀",
+    "ok",
+]
+TRICKY = [
+    " ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\x85", "\u2028",
+    "\u200b", "\u200d", "\ufeff", "\u200f", "\u202e", "שלום", "مرحبا", "😀", "👍🏽", "👩\u200d👩\u200d👧",
+    "{", "}", "<", ">", "<3", "e\u0301", "café", "love", "hate", "happy", "sad!!!", "work", "day", "lol",
+]
+tweet_text = st.lists(
+    st.one_of(st.sampled_from(TRICKY), st.text(st.characters(exclude_categories=("Cs",)), max_size=5)),
+    max_size=25,
+).map("".join)
+sentiment_or_none = st.one_of(st.none(), st.sampled_from(SENTIMENTS))
+
+
+def assert_whole_word_span(text, result):
+    assert 0 <= result.start <= result.end <= len(text)
+    assert text[result.start : result.end] == result.span
+    words = text.split()
+    if not words:
+        assert (result.start, result.end, result.span) == (0, 0, "")
+        return
+    assert result.span, "a tweet with words gets a non-empty span"
+    assert result.start == 0 or text[result.start - 1].isspace()
+    assert result.end == len(text) or text[result.end].isspace()
+    assert not result.span[0].isspace() and not result.span[-1].isspace()
+    span_words = result.span.split()
+    # a contiguous run of the tweet's own words
+    assert any(words[i : i + len(span_words)] == span_words for i in range(len(words) - len(span_words) + 1))
+
+
+def same_result(a, b):
+    assert (a.span, a.start, a.end, a.sentiment, a.sentiment_given) == (b.span, b.start, b.end, b.sentiment, b.sentiment_given)
+    if a.sentiment_prob is None:
+        assert b.sentiment_prob is None
+    else:
+        assert a.sentiment_prob == pytest.approx(b.sentiment_prob, abs=1e-5)
+
+
+# ---- the padded-batch property -------------------------------------------------------------
+@pytest.mark.parametrize("sentiments", [None, ["negative", "neutral", "positive", "positive", "negative", "neutral"]])
+def test_result_in_a_padded_batch_equals_result_alone(trained_extractor, sentiments):
+    batched = trained_extractor.extract(VARIED, sentiments)
+    for i, text in enumerate(VARIED):
+        [alone] = trained_extractor.extract([text], None if sentiments is None else [sentiments[i]])
+        same_result(batched[i], alone)
+        assert_whole_word_span(text, batched[i])
+
+
+def test_small_token_budget_gives_the_same_results(trained_model_dir, trained_extractor):
+    small = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", token_budget=64, max_batch_size=2)
+    for a, b in zip(small.extract(VARIED * 2), trained_extractor.extract(VARIED * 2), strict=True):
+        same_result(a, b)
+
+
+@given(st.lists(st.tuples(tweet_text, sentiment_or_none), min_size=2, max_size=6))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_padded_batch_property_on_random_tweets(trained_extractor, rows):
+    texts = [t for t, _ in rows]
+    sentiments = [s for _, s in rows]
+    batched = trained_extractor.extract(texts, sentiments)
+    for i, (text, sentiment) in enumerate(rows):
+        same_result(batched[i], trained_extractor.extract([text], [sentiment])[0])
+
+
+# ---- spans are exact offsets of whole words ---------------------------------------------------
+@given(st.lists(st.tuples(tweet_text, sentiment_or_none), min_size=1, max_size=5))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_every_span_is_whole_words_of_the_raw_text(trained_extractor, rows):
+    texts = [t for t, _ in rows]
+    results = trained_extractor.extract(texts, [s for _, s in rows])
+    assert len(results) == len(texts)
+    for text, (_, sentiment), result in zip(texts, rows, results):
+        assert_whole_word_span(text, result)
+        if sentiment is not None:
+            assert result.sentiment == sentiment
+
+
+@pytest.fixture(scope="module")
+def one_unit_extractor(trained_model_dir):
+    """An extractor whose codec cuts every tweet into a single unit: the only possible span is all of it."""
+    extractor = SpanExtractor(load_model_dir(trained_model_dir), device="cpu")
+    extractor.codec = Codec(extractor.codec.tok, max_words=1)
+    return extractor
+
+
+@given(st.lists(st.tuples(tweet_text, sentiment_or_none), min_size=1, max_size=5))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_offsets_map_back_exactly_when_the_span_is_forced(one_unit_extractor, rows):
+    # the model cannot choose here, so this checks the mapping from markers to raw-text offsets
+    texts = [t for t, _ in rows]
+    for text, result in zip(texts, one_unit_extractor.extract(texts, [s for _, s in rows]), strict=True):
+        stripped = text.strip()
+        assert result.span == stripped
+        assert text[result.start : result.end] == stripped
+        if stripped:
+            assert result.start == len(text) - len(text.lstrip())
+        else:
+            assert (result.start, result.end) == (0, 0)
+
+
+def test_untrained_model_also_gives_whole_word_spans(tiny_model_dir):
+    extractor = SpanExtractor(load_model_dir(tiny_model_dir), device="cpu")
+    for text, result in zip(VARIED, extractor.extract(VARIED), strict=True):
+        assert_whole_word_span(text, result)
+
+
+def test_tweet_longer_than_the_markers_can_still_be_spanned(trained_extractor):
+    text = " ".join(f"w{i}" for i in range(150)) + "  end!"
+    [result] = trained_extractor.extract([text], ["neutral"])
+    assert_whole_word_span(text, result)
+
+
+def test_a_huge_word_does_not_blow_up_the_input(trained_extractor, tokenizer):
+    text = "so " + "a{" * 5000 + " sad"
+    codec = trained_extractor.codec
+    assert len(codec.span_input(codec.words(text), "negative")) < 10 + 3 * (MAX_PIECES_PER_WORD + 1)
+    [result] = trained_extractor.extract([text], ["negative"])
+    assert_whole_word_span(text, result)
+
+
+# ---- sentiment given or predicted --------------------------------------------------------------
+def test_given_sentiment_is_kept_without_probability(trained_extractor):
+    results = trained_extractor.extract(["i love it", "i hate it"], ["positive", "negative"])
+    assert [(r.sentiment, r.sentiment_prob, r.sentiment_given) for r in results] == [
+        ("positive", None, True), ("negative", None, True)
+    ]
+
+
+def test_missing_sentiment_is_predicted_with_a_probability(trained_extractor):
+    results = trained_extractor.extract(["i love it", "i hate it", ""], None)
+    for r in results:
+        assert r.sentiment in SENTIMENTS
+        assert r.sentiment_given is False
+        # the best of three labels: at least a third, at most one
+        assert 1 / 3 - 1e-6 <= r.sentiment_prob <= 1.0
+
+
+def test_mixed_given_and_missing(trained_extractor):
+    results = trained_extractor.extract(["i love it", "i hate it"], [None, "negative"])
+    assert results[0].sentiment_given is False and results[0].sentiment_prob is not None
+    assert results[1].sentiment_given is True and results[1].sentiment_prob is None
+    assert results[1].sentiment == "negative"
+
+
+def test_tagged_sentiment_probability_is_the_softmax_over_three_labels(trained_extractor):
+    codec = trained_extractor.codec
+    words = codec.words("what a great day")
+    batch = codec.pad([codec.sentiment_input(words)])
+    with torch.no_grad():
+        logits = trained_extractor.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            decoder_input_ids=torch.zeros((1, 1), dtype=torch.long),
+        ).logits[0, 0]
+    p = logits[list(codec.tok.label_ids)].softmax(-1)
+    labels, probs = trained_extractor.tag_sentiment([words])
+    assert labels == [SENTIMENTS[int(p.argmax())]]
+    assert probs[0] == pytest.approx(float(p.max()), abs=1e-6)
+
+
+@pytest.mark.parametrize("text", ["", " ", "   \t\n ", "\u3000\u00a0"])
+@pytest.mark.parametrize("sentiment", [None, "positive"])
+def test_empty_and_blank_texts_give_the_empty_span(trained_extractor, text, sentiment):
+    [result] = trained_extractor.extract([text], [sentiment])
+    assert (result.span, result.start, result.end) == ("", 0, 0)
+    assert result.sentiment in SENTIMENTS
+
+
+@pytest.mark.parametrize("bad", ["Positive", "joy", "", "POSITIVE"])
+def test_unknown_sentiment_raises(trained_extractor, bad):
+    with pytest.raises(ValueError, match="unknown sentiment"):
+        trained_extractor.extract(["i love it", "ok"], ["neutral", bad])
+
+
+def test_sentiments_must_match_texts(trained_extractor):
+    with pytest.raises(ValueError, match="differ in length"):
+        trained_extractor.extract(["a", "b"], ["neutral"])
+
+
+def test_no_texts_no_results(trained_extractor):
+    assert trained_extractor.extract([], None) == []
+
+
+def test_annotate_columns(trained_extractor):
+    texts = ["i love it", "  so sad  ", ""]
+    columns = annotate(trained_extractor, texts, [None, "negative", None])
+    assert set(columns) == {"sentiment", "is_sentiment_given", "sentiment_prob", "span", "span_start", "span_end",
+                            "model_version"}
+    assert all(len(v) == 3 for v in columns.values())
+    assert columns["model_version"] == [trained_extractor.version] * 3
+    assert columns["is_sentiment_given"] == [False, True, False]
+    assert columns["sentiment_prob"][1] is None
+    for text, span, start, end in zip(texts, columns["span"], columns["span_start"], columns["span_end"]):
+        assert text[start:end] == span
+
+
+# ---- the constraint, step by step -------------------------------------------------------------
+def allowed_ids(scores_row):
+    return {i for i, v in enumerate(scores_row.tolist()) if v != -math.inf}
+
+
+def test_word_span_constraint_masks_exactly(tokenizer):
+    codec = Codec(tokenizer)
+    m = tokenizer.marker_id
+    n_words = torch.tensor([3, 1, 5])
+    constraint = WordSpanConstraint(codec.marker_index, n_words, tokenizer.eos_id)
+    scores = torch.randn(3, tokenizer.vocab_size)
+
+    # step 0: any marker of the row's own words, nothing else
+    out = constraint(torch.zeros((3, 1), dtype=torch.long), scores.clone())
+    assert [allowed_ids(r) for r in out] == [{m(0), m(1), m(2)}, {m(0)}, {m(i) for i in range(5)}]
+    keep = out != -math.inf
+    assert torch.equal(out[keep], scores[keep])  # allowed scores are untouched
+
+    # step 1: markers at or after the first one, still within the row's words
+    step1 = torch.tensor([[0, m(1)], [0, m(0)], [0, m(4)]])
+    out = constraint(step1, scores.clone())
+    assert [allowed_ids(r) for r in out] == [{m(1), m(2)}, {m(0)}, {m(4)}]
+
+    # after two markers: only the end of sequence
+    step2 = torch.cat([step1, torch.tensor([[m(2)], [m(0)], [m(4)]])], dim=1)
+    out = constraint(step2, scores.clone())
+    assert [allowed_ids(r) for r in out] == [{tokenizer.eos_id}] * 3
+
+
+def test_word_span_constraint_expands_to_beams(tokenizer):
+    codec = Codec(tokenizer)
+    constraint = WordSpanConstraint(codec.marker_index, torch.tensor([2, 4]), tokenizer.eos_id)
+    out = constraint(torch.zeros((4, 1), dtype=torch.long), torch.zeros(4, tokenizer.vocab_size))
+    sizes = [len(allowed_ids(r)) for r in out]
+    assert sizes == [2, 2, 4, 4]  # rows are (tweet, beam), tweet-major, as generate() lays them out
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_word_span_constraint_inside_hf_generate(trained_extractor, num_beams):
+    codec = trained_extractor.codec
+    texts = ["i love this day so much", "ugh", LONG]
+    words = [codec.words(t) for t in texts]
+    batch = codec.pad([codec.span_input(w, "positive") for w in words])
+    n_words = torch.tensor([len(w) for w in words])
+    constraint = WordSpanConstraint(codec.marker_index, n_words, codec.tok.eos_id)
+    out = trained_extractor.model.generate(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=3, num_beams=num_beams,
+        do_sample=False, logits_processor=LogitsProcessorList([constraint]),
+    )
+    for row, n in zip(out.tolist(), n_words.tolist()):
+        first, last = codec.marker_index[row[1]].item(), codec.marker_index[row[2]].item()
+        assert 0 <= first <= last < n
+        assert row[3] == codec.tok.eos_id
+
+
+# ---- the model input ---------------------------------------------------------------------------
+def test_span_input_puts_a_marker_before_each_word(tokenizer):
+    codec = Codec(tokenizer)
+    words = split_words("  so sad today ", 100)
+    ids = codec.span_input(words, "negative")
+    assert ids[-1] == tokenizer.eos_id
+    markers = [i for i in ids if codec.marker_index[i] >= 0]
+    assert markers == [tokenizer.marker_id(0), tokenizer.marker_id(1), tokenizer.marker_id(2)]
+    assert tokenizer.label_ids[0] in ids[: ids.index(markers[0])]  # the sentiment is in the question
+    assert codec.span_target(1, 2) == [tokenizer.marker_id(1), tokenizer.marker_id(2), tokenizer.eos_id]
+
+
+def test_pad_builds_right_padded_tensors(tokenizer):
+    batch = Codec(tokenizer).pad([[5, 6, 7], [8]])
+    assert batch.input_ids.tolist() == [[5, 6, 7], [8, tokenizer.pad_id, tokenizer.pad_id]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# ---- token-budget batches ------------------------------------------------------------------------
+def test_token_budget_batches_example():
+    lengths = [10, 50, 20, 50, 5]
+    batches = token_budget_batches(lengths, token_budget=100, max_batch_size=8)
+    assert batches == [[1, 3], [2, 0, 4]]  # longest first; 2 x 50 and 3 x 20 fit in 100
+
+
+def test_token_budget_batches_single_row_over_budget():
+    assert token_budget_batches([500, 3], token_budget=100, max_batch_size=8) == [[0], [1]]
+
+
+def test_token_budget_batches_empty():
+    assert token_budget_batches([], token_budget=100, max_batch_size=8) == []
+
+
+@given(
+    st.lists(st.integers(1, 400), max_size=80),
+    st.integers(1, 3000),
+    st.integers(1, 32),
+)
+@settings(max_examples=300, deadline=None)
+def test_token_budget_batches_properties(lengths, budget, max_batch_size):
+    batches = token_budget_batches(lengths, budget, max_batch_size)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+    for b in batches:
+        assert 1 <= len(b) <= max_batch_size
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
+        assert lengths[b[0]] == max(lengths[i] for i in b)  # the first row sets the padded width
+
+
+# ---- the baseline ---------------------------------------------------------------------------------
+def test_full_text_extractor():
+    texts = ["  Sooo SAD I will miss you  ", "", " \t ", "ok"]
+    results = FullTextExtractor().extract(texts, ["negative", None, "neutral", None])
+    for text, r in zip(texts, results):
+        assert text[r.start : r.end] == r.span == text.strip()
+    assert (results[0].start, results[0].end) == (2, 26)
+    assert (results[1].start, results[1].end) == (0, 0)
+    assert [r.sentiment for r in results] == ["negative", "neutral", "neutral", "neutral"]
+    assert [r.sentiment_given for r in results] == [True, False, True, False]
+    assert [r.sentiment_prob for r in results] == [None, 1.0, None, 1.0]
+    assert FullTextExtractor.version == "full-text-baseline"
+
+
+def test_full_text_baseline_on_real_tweets(real_labeled):
+    from span_jobs.data import read_labeled
+
+    tweets = read_labeled(real_labeled).tweets
+    results = FullTextExtractor().extract([t.text for t in tweets], [t.sentiment for t in tweets])
+    score = mean_jaccard([r.span for r in results], [t.selected_text for t in tweets])
+    assert 0.55 < score < 0.63  # the known whole-tweet baseline of this competition (~0.59)
+
+
+# ---- bugs -------------------------------------------------------------------------------------------
+def test_model_with_padded_vocabulary_extracts(tokenizer, tmp_path):
+    config = T5Config(vocab_size=tokenizer.vocab_size + 28, d_model=32, d_ff=64, num_heads=2, d_kv=16, num_layers=2,
+                      num_decoder_layers=1, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5-padded", safe_serialization=True)
+    (tmp_path / "t5-padded" / "spiece.model").write_bytes(tokenizer.model_proto)
+    loaded = load_model_dir(tmp_path / "t5-padded")  # accepted: larger vocabularies are allowed
+    [result] = SpanExtractor(loaded, device="cpu").extract(["i love this day"], ["positive"])
+    assert_whole_word_span("i love this day", result)

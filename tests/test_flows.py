@@ -1,0 +1,165 @@
+"""The Prefect flows under Prefect's test harness, with a real DuckDB file and real tiny models."""
+
+import base64
+import io
+import json
+import re
+
+import duckdb
+import matplotlib.image
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.extract_spans import extract_spans
+from flows.report import span_report
+from flows.retrain import retrain_model
+from span_jobs.data import LabeledData
+from span_jobs.model import load_model_dir
+from span_jobs.registry import Registry
+from span_jobs.retrain import decide
+from span_jobs.synthetic import synthetic_tweets
+from span_jobs.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_inbox_file(path, n, start=0):
+    pq.write_table(pa.table({
+        "id": [f"id{i}" for i in range(start, start + n)],
+        "text": [f"so happy with tweet {i} today" for i in range(start, start + n)],
+        "sentiment": [None if i % 2 else "positive" for i in range(start, start + n)],
+    }), path)
+
+
+def test_extract_spans_flow_is_idempotent_and_picks_up_new_files(tmp_path, tiny_model_dir):
+    inbox, db = tmp_path / "inbox", tmp_path / "spans.duckdb"
+    inbox.mkdir()
+    write_inbox_file(inbox / "a.parquet", 30)
+    params = dict(inbox=str(inbox), database=str(db), model=str(tiny_model_dir), settle_seconds=0, device="cpu")
+    first = extract_spans(**params)
+    assert (first["files_done"], first["rows_stored"]) == (1, 30)
+    assert first["model_version"] == load_model_dir(tiny_model_dir).version
+    assert extract_spans(**params)["files_done"] == 0
+    write_inbox_file(inbox / "b.parquet", 5, start=1000)
+    third = extract_spans(**params)
+    assert (third["files_done"], third["rows_stored"]) == (1, 5)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select count(*), count(distinct tweet_id), count(distinct run_id) from spans").fetchone() == (
+        35, 35, 2)
+    con.close()
+
+
+def test_extract_flow_full_text_baseline_and_default_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAN_JOBS_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "inbox").mkdir(parents=True)
+    write_inbox_file(tmp_path / "home" / "inbox" / "a.parquet", 4)
+    result = extract_spans(model="full-text-baseline", settle_seconds=0)
+    assert result["rows_stored"] == 4 and result["model_version"] == "full-text-baseline"
+    assert (tmp_path / "home" / "spans.duckdb").exists()
+
+
+def test_paths_outside_allowed_roots_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAN_JOBS_ROOTS", str(tmp_path / "allowed"))
+    with pytest.raises(ValueError, match="outside the allowed roots"):
+        extract_spans(inbox=str(tmp_path / "allowed" / ".." / "elsewhere"), database=str(tmp_path / "allowed" / "db"),
+                      model="full-text-baseline")
+
+
+def test_decision_is_strict():
+    assert decide(0.61, 0.60, 0.5)[0] is True
+    assert decide(0.60, 0.60, 0.5)[0] is False
+    assert decide(0.59, 0.60, 0.5)[0] is False
+    assert decide(0.51, None, 0.5)[0] is True
+    assert decide(0.50, None, 0.5)[0] is False
+
+
+@pytest.fixture(scope="module")
+def labeled_csv(tmp_path_factory):
+    import pandas as pd
+
+    path = tmp_path_factory.mktemp("labeled") / "labeled.csv"
+    rows = synthetic_tweets(900, seed=3, prefix="lab")
+    pd.DataFrame([{"textID": t.tweet_id, "text": t.text, "selected_text": t.selected_text, "sentiment": t.sentiment}
+                  for t in rows]).to_csv(path, index=False)
+    return path
+
+
+GOOD = dict(preset="tiny", epochs=3, lr=3e-3, device="cpu")
+
+
+def test_retrain_promotes_only_a_better_challenger(tmp_path, labeled_csv, tiny_model_dir):
+    registry, db = tmp_path / "registry", tmp_path / "spans.duckdb"
+    # the champion: an untrained tiny model, put in the registry the way retrain would
+    weak = load_model_dir(tiny_model_dir)
+    from span_jobs.model import save_model
+
+    save_model(weak, Registry(registry).new_model_dir(weak.version))
+    Registry(registry).promote(weak.version, 0.0)
+
+    better = retrain_model(data=str(labeled_csv), registry=str(registry), database=str(db), **GOOD)
+    assert better["is_promoted"], better["reason"]
+    assert better["champion_version"] == weak.version
+    assert better["challenger_jaccard"] > better["champion_jaccard"]
+    assert Registry(registry).champion()["version"] == better["challenger_version"]
+
+    worse = retrain_model(data=str(labeled_csv), registry=str(registry), database=str(db),
+                          preset="tiny", epochs=1, lr=1e-7, device="cpu")
+    assert not worse["is_promoted"]
+    assert worse["champion_version"] == better["challenger_version"]
+    assert worse["champion_jaccard"] == pytest.approx(better["challenger_jaccard"])  # same split, same scorer
+    assert Registry(registry).champion()["version"] == better["challenger_version"]
+
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select is_promoted from training_runs order by started_at").fetchall() == [(True,), (False,)]
+    assert con.execute("select model_version from model_registry").fetchall() == [(better["challenger_version"],)]
+    assert len(con.execute("select * from model_history").fetchall()) == 2
+    con.close()
+
+
+def test_first_model_must_beat_the_full_text_baseline(tmp_path, labeled_csv):
+    registry = tmp_path / "registry"
+    result = retrain_model(data=str(labeled_csv), registry=str(registry), database=str(tmp_path / "db.duckdb"),
+                           preset="tiny", epochs=1, lr=1e-7, device="cpu")
+    assert not result["is_promoted"] and "baseline" in result["reason"]
+    assert Registry(registry).champion() is None
+
+
+def test_crashed_retrain_leaves_the_champion_and_is_recorded(tmp_path, labeled_csv, tiny_model_dir):
+    registry, db = tmp_path / "registry", tmp_path / "spans.duckdb"
+    weak = load_model_dir(tiny_model_dir)
+    from span_jobs.model import save_model
+
+    save_model(weak, Registry(registry).new_model_dir(weak.version))
+    before = Registry(registry).promote(weak.version, 0.0)
+    with pytest.raises(Exception, match="no such model directory"):
+        retrain_model(data=str(labeled_csv), registry=str(registry), database=str(db),
+                      init_from=str(tmp_path / "missing-model"), device="cpu")
+    assert Registry(registry).champion() == before
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select is_promoted, decision_reason like 'training failed%' from training_runs").fetchall() == [
+        (False, True)]
+    con.close()
+    assert not [p for p in (registry / "models").iterdir() if p.name.startswith(".")]  # no half-written dirs
+
+
+def test_report_flow_writes_html_with_real_charts(tmp_path):
+    inbox, db, out = tmp_path / "inbox", tmp_path / "spans.duckdb", tmp_path / "report.html"
+    inbox.mkdir()
+    write_inbox_file(inbox / "a.parquet", 40)
+    extract_spans(inbox=str(inbox), database=str(db), model="full-text-baseline", settle_seconds=0)
+    assert span_report(database=str(db), out=str(out)) == str(out.resolve())
+    page = out.read_text()
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) == 3
+    for data in images:
+        pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png")
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert pixels.std() > 0.01  # something is drawn, not a blank canvas
+    assert "so happy with tweet" in page  # the top-phrases table
+    assert "spans stored: <b>40</b>" in page

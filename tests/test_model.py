@@ -1,0 +1,227 @@
+"""T5 presets, the model directory format (safetensors only), and finding models by name."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import SafetensorError
+from transformers import T5Config, T5ForConditionalGeneration
+
+from span_jobs.model import (
+    METADATA_FILE,
+    PRESETS,
+    WEIGHTS_FILE,
+    LoadedModel,
+    ModelError,
+    ModelMetadata,
+    build_model,
+    load_model,
+    load_model_dir,
+    resolve_model_dir,
+    save_model,
+)
+from span_jobs.registry import Registry
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def sample_inputs(tokenizer):
+    ids = [tokenizer.sp.encode("i love this day so much"), tokenizer.sp.encode("ugh")]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([x + [tokenizer.pad_id] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    decoder = torch.tensor([[0, tokenizer.marker_id(0)], [0, tokenizer.marker_id(1)]])
+    return dict(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder)
+
+
+def logits(model, tokenizer):
+    model.eval()
+    with torch.no_grad():
+        return model(**sample_inputs(tokenizer)).logits
+
+
+def test_tiny_preset_builds_with_the_tokenizer_vocabulary(tokenizer):
+    model = build_model("tiny", tokenizer)
+    config = model.config
+    for key, value in PRESETS["tiny"].items():
+        assert getattr(config, key) == value
+    assert config.vocab_size == tokenizer.vocab_size
+    assert config.pad_token_id == tokenizer.pad_id == config.decoder_start_token_id
+    assert config.eos_token_id == tokenizer.eos_id
+    assert config.d_kv * config.num_heads == config.d_model
+    assert sum(p.numel() for p in model.parameters()) < 200_000
+
+
+def test_build_is_seeded(tokenizer):
+    a, b, c = build_model("tiny", tokenizer, seed=1), build_model("tiny", tokenizer, seed=1), build_model("tiny", tokenizer, seed=2)
+    assert torch.equal(logits(a, tokenizer), logits(b, tokenizer))
+    assert not torch.equal(logits(a, tokenizer), logits(c, tokenizer))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_has_a_valid_shape(preset):
+    # checked without building the big ones: heads must divide the width, both stacks must exist
+    sizes = PRESETS[preset]
+    assert set(sizes) == {"d_model", "d_ff", "num_heads", "num_layers", "num_decoder_layers"}
+    assert sizes["d_model"] % sizes["num_heads"] == 0
+    assert min(sizes.values()) >= 1
+
+
+def test_unknown_preset_names_the_choices(tokenizer):
+    with pytest.raises(ModelError, match="unknown preset 'huge'") as info:
+        build_model("huge", tokenizer)
+    for name in PRESETS:
+        assert name in str(info.value)
+
+
+def test_initial_loss_is_near_ln_vocab(tokenizer):
+    # the lm_head re-initialisation: HF's std 1.0 would start near 35
+    model = build_model("tiny", tokenizer)
+    inputs = sample_inputs(tokenizer)
+    labels = torch.tensor([[tokenizer.marker_id(0), tokenizer.eos_id], [tokenizer.marker_id(1), tokenizer.eos_id]])
+    with torch.no_grad():
+        loss = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels).loss
+    assert abs(loss.item() - torch.log(torch.tensor(float(tokenizer.vocab_size))).item()) < 1.5
+
+
+def test_save_model_writes_safetensors_and_no_pickle(tiny_model_dir):
+    names = {p.name for p in tiny_model_dir.iterdir()}
+    assert {"config.json", WEIGHTS_FILE, "spiece.model", METADATA_FILE} <= names
+    assert not [n for n in names if n.endswith(PICKLE_SUFFIXES)], names
+    metadata = json.loads((tiny_model_dir / METADATA_FILE).read_text())
+    assert metadata["version"] == "tiny-untrained-test"
+    assert metadata["preset"] == "tiny"
+    # the atomic write leaves no staging or retired directories behind
+    assert not [p.name for p in tiny_model_dir.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_save_model_replaces_an_existing_directory(tokenizer, tmp_path):
+    target = tmp_path / "m"
+    first = LoadedModel(build_model("tiny", tokenizer, seed=1), tokenizer, ModelMetadata("v1", "t"))
+    second = LoadedModel(build_model("tiny", tokenizer, seed=2), tokenizer, ModelMetadata("v2", "t"))
+    save_model(first, target)
+    (target / "stale.txt").write_text("from the first save")
+    save_model(second, target)
+    assert load_model_dir(target).version == "v2"
+    assert not (target / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_load_round_trip_gives_identical_logits(tokenizer, tmp_path):
+    model = build_model("tiny", tokenizer, seed=5)
+    before = logits(model, tokenizer)
+    metadata = ModelMetadata(version="rt-1", created_at="2024-01-01T00:00:00Z", preset="tiny", data_digest="abc",
+                             validation={"jaccard": 0.5}, training={"command": "x"})
+    directory = save_model(LoadedModel(model, tokenizer, metadata), tmp_path / "rt")
+    loaded = load_model_dir(directory)
+    assert torch.equal(logits(loaded.model, tokenizer), before)
+    assert loaded.version == "rt-1"
+    assert loaded.metadata == metadata
+    assert loaded.directory == directory
+    assert loaded.tokenizer.model_proto == tokenizer.model_proto
+    assert not loaded.model.training  # loaded for inference
+
+
+def test_plain_hugging_face_directory_loads_and_gets_a_version(tokenizer, tmp_path):
+    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_ff=64, num_heads=2, d_kv=16, num_layers=2,
+                      num_decoder_layers=1, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(config)
+    directory = tmp_path / "my-t5"
+    model.save_pretrained(directory, safe_serialization=True)
+    (directory / "spiece.model").write_bytes(tokenizer.model_proto)
+    assert not (directory / METADATA_FILE).exists()
+    loaded = load_model_dir(directory)
+    assert loaded.version == "hf-my-t5"
+    assert torch.equal(logits(loaded.model, tokenizer), logits(model, tokenizer))
+    # and it serves: spans of its own words, offsets into the raw text
+    from span_jobs.extract import SpanExtractor
+
+    [result] = SpanExtractor(loaded, device="cpu").extract(["  i love this day  "], ["positive"])
+    assert "  i love this day  "[result.start : result.end] == result.span != ""
+
+
+def test_pickle_only_directory_is_refused(tokenizer, tmp_path):
+    directory = tmp_path / "old"
+    directory.mkdir()
+    (directory / "pytorch_model.bin").write_bytes(b"a pickle we must never open")
+    (directory / "config.json").write_text("{}")
+    (directory / "spiece.model").write_bytes(tokenizer.model_proto)
+    with pytest.raises(ModelError, match="safetensors") as info:
+        load_model_dir(directory)
+    assert "pytorch_model.bin" in str(info.value)
+
+
+def test_missing_directory_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_model_dir(tmp_path / "absent")
+
+
+def test_directory_without_tokenizer_is_a_model_error(tiny_model_dir, tmp_path):
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "no-tok")
+    (copy / "spiece.model").unlink()
+    with pytest.raises(ModelError, match="spiece.model"):
+        load_model_dir(copy)
+
+
+def test_unreadable_metadata_is_a_model_error(tiny_model_dir, tmp_path):
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "bad-meta")
+    (copy / METADATA_FILE).write_text("{not json")
+    with pytest.raises(ModelError, match=METADATA_FILE):
+        load_model_dir(copy)
+
+
+def test_model_smaller_than_tokenizer_is_refused(tiny_model_dir, tmp_path):
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "small-vocab")
+    config = json.loads((copy / "config.json").read_text())
+    small = T5ForConditionalGeneration(T5Config(**{**config, "vocab_size": config["vocab_size"] - 50}))
+    shutil.rmtree(copy)
+    small.save_pretrained(copy, safe_serialization=True)
+    shutil.copy(tiny_model_dir / "spiece.model", copy / "spiece.model")
+    with pytest.raises(ModelError, match="smaller than the tokenizer"):
+        load_model_dir(copy)
+
+
+def test_corrupt_weights_are_a_model_error(tiny_model_dir, tmp_path):
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "corrupt")
+    (copy / WEIGHTS_FILE).write_bytes(b"\x00garbage" * 8)
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model_dir(copy)
+
+
+def test_resolve_path_spec(tmp_path):
+    assert resolve_model_dir(tmp_path / "x") == tmp_path / "x"
+    assert resolve_model_dir(str(tmp_path)) == tmp_path
+
+
+def test_resolve_promoted_gives_the_champion(tokenizer, tmp_path):
+    registry = Registry(tmp_path / "registry")
+    for version, seed in (("m-1", 1), ("m-2", 2)):
+        model = build_model("tiny", tokenizer, seed=seed)
+        save_model(LoadedModel(model, tokenizer, ModelMetadata(version, "t")), registry.new_model_dir(version))
+    registry.promote("m-1", 0.5)
+    assert resolve_model_dir("promoted", registry.root) == (registry.models_dir / "m-1").resolve()
+    registry.promote("m-2", 0.6)
+    assert resolve_model_dir("promoted", registry.root) == (registry.models_dir / "m-2").resolve()
+    assert load_model("promoted", registry.root).version == "m-2"
+    assert json.loads((registry.root / "champion.json").read_text())["version"] == "m-2"
+    assert len((registry.root / "promotions.jsonl").read_text().splitlines()) == 2
+
+
+def test_promoting_a_missing_model_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="holds no model"):
+        Registry(tmp_path).promote("never-written", 0.9)
+
+
+def test_tests_never_touch_the_real_home():
+    # conftest points SPAN_JOBS_HOME (registry, database, inbox) and PREFECT_HOME at a session temp dir
+    import os
+    from pathlib import Path
+
+    from span_jobs import settings
+
+    home = Path("~/.span-jobs").expanduser()
+    assert settings.home() != home and home not in settings.registry_root().parents
+    assert Path(os.environ["PREFECT_HOME"]).parent == settings.home().parent
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"

@@ -1,0 +1,122 @@
+"""Training: a real (tiny, one-epoch) run writes a complete model directory; bad runs fail loudly."""
+
+import json
+import math
+import random
+
+import pytest
+
+from span_jobs.codec import Codec
+from span_jobs.data import LabeledData, LabeledTweet, is_validation, read_labeled
+from span_jobs.model import METADATA_FILE, WEIGHTS_FILE, load_model_dir
+from span_jobs.train import TRAIN_LOG, TrainConfig, TrainingError, length_bucketed_batches, make_examples, train
+
+
+def test_training_writes_a_model_directory(trained):
+    directory = trained.directory
+    assert (directory / WEIGHTS_FILE).exists()
+    assert (directory / "config.json").exists()
+    assert (directory / "spiece.model").exists()
+    assert not [p for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+
+
+def test_training_metadata(trained, trained_data):
+    metadata = json.loads((trained.directory / METADATA_FILE).read_text())
+    assert metadata["version"] == trained.version
+    assert metadata["version"].startswith("tiny-")
+    assert metadata["preset"] == "tiny"
+    assert metadata["created_at"].endswith("Z")
+    assert metadata["data_digest"] == trained_data.digest()
+    validation = metadata["validation"]
+    assert 0.0 <= validation["jaccard"] <= 1.0
+    assert validation["n"] == sum(is_validation(t.tweet_id) for t in trained_data.tweets)
+    assert set(validation["per_sentiment"]) <= {"negative", "neutral", "positive"}
+    assert 0.0 <= validation["sentiment_accuracy"] <= 1.0  # the sentiment task is on by default
+    assert validation["epoch"] == 1
+    training = metadata["training"]
+    assert training["command"] == "pytest conftest trained fixture"
+    assert training["config"]["preset"] == "tiny"
+    assert training["config"]["epochs"] == 1
+    assert training["config"]["vocab_size"] == 400
+    assert "extra_texts" not in training["config"]
+    assert training["epochs_run"] == 1
+    assert training["seconds"] >= 0
+    assert trained.validation == {k: v for k, v in validation.items()}
+
+
+def test_training_metadata_is_what_the_loader_reports(trained, trained_data):
+    loaded = load_model_dir(trained.directory)
+    assert loaded.version == trained.version
+    assert loaded.metadata.data_digest == trained_data.digest()
+    assert loaded.metadata.validation["jaccard"] == trained.validation["jaccard"]
+
+
+def test_training_log_has_one_record_per_epoch(trained):
+    log_path = trained.directory / TRAIN_LOG  # beside the weights it explains
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(records) == 1 == len(trained.history)
+    [record] = records
+    assert record["epoch"] == 1
+    assert record["step"] > 0
+    assert math.isfinite(record["train_loss"]) and record["train_loss"] > 0
+    assert record["jaccard"] == trained.validation["jaccard"]
+    assert record == trained.history[0]
+
+
+def test_training_learns_something(trained):
+    # one epoch on 200 tweets: the loss falls below its starting point of ln(vocab) ~ 6.0
+    assert trained.history[0]["train_loss"] < math.log(400 + 100)
+
+
+def test_exploding_learning_rate_raises_training_error(tmp_path, make_rows, save_csv):
+    data = read_labeled(save_csv(make_rows(60, seed=5), tmp_path / "l.csv"))
+    config = TrainConfig(preset="tiny", epochs=1, batch_size=4, lr=1e30, vocab_size=400, device="cpu")
+    out = tmp_path / "nan-model"
+    with pytest.raises(TrainingError, match="loss became (nan|inf)"):
+        train(data, out, config)
+    assert not out.exists()  # nothing half-trained is left to be promoted
+
+
+def test_no_validation_tweets_raises_training_error(tmp_path, make_rows):
+    rows = [r for r in make_rows(40, seed=6) if not is_validation(r["textID"])][:10]
+    data = LabeledData([LabeledTweet(r["textID"], r["text"], r["selected_text"], r["sentiment"]) for r in rows], [])
+    with pytest.raises(TrainingError, match="validation"):
+        train(data, tmp_path / "m", TrainConfig(preset="tiny", epochs=1, vocab_size=400, device="cpu"))
+
+
+def test_unknown_preset_fails_before_training(tmp_path, make_rows):
+    from span_jobs.model import ModelError
+
+    rows = make_rows(60, seed=7)
+    data = LabeledData([LabeledTweet(r["textID"], r["text"], r["selected_text"], r["sentiment"]) for r in rows], [])
+    with pytest.raises(ModelError, match="unknown preset"):
+        train(data, tmp_path / "m", TrainConfig(preset="enormous", epochs=1, vocab_size=400, device="cpu"))
+    assert not (tmp_path / "m").exists()
+
+
+def test_make_examples_targets_the_labelled_words(tokenizer):
+    codec = Codec(tokenizer)
+    tweets = [
+        LabeledTweet("1", "I`m gonna cry now", "onna", "negative"),  # widened to "gonna"
+        LabeledTweet("2", "what a great day", "great day", "positive"),
+    ]
+    examples = make_examples(codec, tweets, sentiment_task=True)
+    assert len(examples) == 4
+    assert examples[0][1] == codec.span_target(1, 1)
+    assert examples[1][1] == codec.sentiment_target("negative")
+    assert examples[2][1] == codec.span_target(2, 3)
+    assert examples[3][1] == [tokenizer.label_ids[2], tokenizer.eos_id]
+    assert len(make_examples(codec, tweets, sentiment_task=False)) == 2
+
+
+def test_length_bucketed_batches_cover_every_example_once():
+    rng_lengths = random.Random(0)
+    lengths = [rng_lengths.randint(3, 90) for _ in range(1000)]
+    batches = length_bucketed_batches(lengths, 16, random.Random(1))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert all(1 <= len(b) <= 16 for b in batches)
+    assert batches == length_bucketed_batches(lengths, 16, random.Random(1))  # seeded
+    assert batches != length_bucketed_batches(lengths, 16, random.Random(2))
+    # bucketing: padding within a batch is far below what random batches would give
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 15
