@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import SENTIMENTS
+from .lexicon import valence_bucket
 from .tokenizer import N_SENTINELS, Tokenizer
 from .words import Words, split_words
 
@@ -42,18 +43,26 @@ class Codec:
     def words(self, text: str) -> Words:
         return split_words(text, self.max_words)
 
-    def span_input(self, words: Words, sentiment: str) -> list[int]:
-        ids = list(self._span_prefix[sentiment])
+    def _word_ids(self, words: Words, with_markers: bool) -> list[int]:
+        """Each word's pieces, after its marker (span task) and before its lexicon valence piece."""
         units = [words.unit(i) for i in range(len(words))]
+        lexicon_ids = self.tok.lexicon_ids
+        ids: list[int] = []
         for i, pieces in enumerate(self.tok.encode_words(units) if units else []):
-            ids.append(self.tok.marker_id(i))
+            if with_markers:
+                ids.append(self.tok.marker_id(i))
             ids.extend(pieces[:MAX_PIECES_PER_WORD])
-        ids.append(self.tok.eos_id)
+            if lexicon_ids is not None:
+                bucket = valence_bucket(units[i])
+                if bucket is not None:
+                    ids.append(lexicon_ids[bucket])
         return ids
 
+    def span_input(self, words: Words, sentiment: str) -> list[int]:
+        return self._span_prefix[sentiment] + self._word_ids(words, with_markers=True) + [self.tok.eos_id]
+
     def sentiment_input(self, words: Words) -> list[int]:
-        units = [words.unit(i) for i in range(len(words))]
-        return self._sentiment_prefix + self._pieces(units) + [self.tok.eos_id]
+        return self._sentiment_prefix + self._word_ids(words, with_markers=False) + [self.tok.eos_id]
 
     def span_target(self, first: int, last: int) -> list[int]:
         return [self.tok.marker_id(first), self.tok.marker_id(last), self.tok.eos_id]

@@ -340,10 +340,18 @@ LOAD_SQL = """
 create or replace temp table staged as
 select s.*,
        row_number() over (partition by s.tweet_id order by s.source_row) as copy_number,
-       stored.source_file as stored_in
-from read_parquet($spans) as s
-left join (select tweet_id, min(source_file) as source_file from spans group by tweet_id) as stored
-       on stored.tweet_id = s.tweet_id;
+       cast(null as varchar) as stored_in
+from read_parquet($spans) as s;
+
+update staged
+set stored_in = earlier.source_file
+from (
+    select tweet_id, min(source_file) as source_file
+    from spans
+    where tweet_id in (select tweet_id from staged)  -- probe spans with this file's ids only
+    group by tweet_id
+) as earlier
+where staged.tweet_id = earlier.tweet_id;
 
 insert into quarantine
 select $source_file, source_row, tweet_id, left(text, 1000), reason, detail, $run_id, $now
@@ -365,6 +373,10 @@ from staged
 where copy_number = 1 and stored_in is null;
 """
 
+# DuckDB's buffer pool for a load: small and fixed, spilling to disk beyond it, so that the
+# process's memory does not grow with the size of an inbox file (bench/stream_memory.py).
+LOAD_MEMORY_LIMIT = os.environ.get("SPAN_JOBS_LOAD_MEMORY_LIMIT", "64MB")
+
 
 def load_file(f: InboxFile, database: str | Path, spans_path: Path, quarantine_path: Path,
               rows_in: int, model_version: str, run_id: str, sha256: str) -> tuple[int, int]:
@@ -372,7 +384,10 @@ def load_file(f: InboxFile, database: str | Path, spans_path: Path, quarantine_p
     now = datetime.now(UTC)
     params = {"spans": str(spans_path), "quarantine": str(quarantine_path), "source_file": str(f.path),
               "run_id": run_id, "now": now, "model_version": model_version}
-    with connect(database) as con:
+    spill = work_dir(database) / "duckdb-spill"
+    with connect(database, memory_limit=LOAD_MEMORY_LIMIT) as con:
+        con.execute("set temp_directory = $1", [str(spill)])
+        con.execute("set preserve_insertion_order = false")  # lets inserts stream instead of buffer
         con.execute("begin transaction")
         try:
             for statement in [s for s in LOAD_SQL.split(";\n") if s.strip()]:

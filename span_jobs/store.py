@@ -77,6 +77,6 @@ def run_query(path: str | Path, sql: str, params: dict | None = None):
         try:
             cursor = con.execute(sql, params or {})
         except duckdb.Error as exc:
-            raise StoreError(f"query failed: {exc}") from exc
+            raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc  # one line; no caret art
         names = [d[0] for d in cursor.description] if cursor.description else []
         return names, cursor.fetchall()

@@ -9,6 +9,7 @@ import sentencepiece as spm
 
 from .data import SENTIMENTS
 from .errors import TokenizerError
+from .lexicon import LEXICON_SYMBOLS
 
 SPIECE_FILE = "spiece.model"
 N_SENTINELS = 100  # T5's <extra_id_0..99>; we use them as word markers
@@ -30,6 +31,10 @@ class Tokenizer:
         self.label_ids = tuple(self.encode_words([s])[0][0] for s in SENTIMENTS)
         if len(set(self.label_ids)) != len(SENTIMENTS):
             raise TokenizerError("the sentiment labels do not start with distinct pieces in this vocabulary")
+        # Lexicon features are on when the vocabulary has their pieces (ours do; a stock t5-base does not).
+        lexicon_ids = tuple(self.sp.piece_to_id(s) for s in LEXICON_SYMBOLS)
+        found = all(self.sp.id_to_piece(i) == s for i, s in zip(lexicon_ids, LEXICON_SYMBOLS))
+        self.lexicon_ids: tuple[int, ...] | None = lexicon_ids if found else None
 
     def marker_id(self, i: int) -> int:
         return self.vocab_size - 1 - i
@@ -72,7 +77,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, seed_words: It
             model_type="unigram",
             byte_fallback=True,
             character_coverage=0.9995,
-            user_defined_symbols=list(_USER_SYMBOLS),
+            user_defined_symbols=list(_USER_SYMBOLS + LEXICON_SYMBOLS),
             pad_id=0,
             eos_id=1,
             unk_id=2,

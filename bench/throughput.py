@@ -1,0 +1,125 @@
+"""Inference speed, three ways, same tweets, same model, one run:
+
+  (a) the seed's way: one `generate` call per tweet
+  (b) plain batched Hugging Face generation: batches of 64 in input order, padded, greedy
+  (c) SpanExtractor: length-sorted token-budget batches, constrained two-step decoding
+
+Prints tweets/s, the ratios c/a and c/b, and each way's Jaccard (unconstrained outputs that do not
+name a valid word span fall back to the whole tweet, and are counted).
+
+    python bench/throughput.py [--model default] [--data ../shared/data/tweets/labeled.csv] [--n 2000]
+"""
+
+import argparse
+import cProfile
+import pstats
+import time
+from pathlib import Path
+
+import torch
+
+from span_jobs.codec import Codec
+from span_jobs.data import read_labeled, split_train_validation
+from span_jobs.extract import SpanExtractor
+from span_jobs.metric import mean_jaccard
+from span_jobs.model import load_model
+from span_jobs.synthetic import synthetic_tweets
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets" / "labeled.csv"
+
+
+def spans_from_generated(codec: Codec, words_list, generated: torch.Tensor) -> tuple[list[str], int]:
+    """Decode (start marker, end marker) from free generation; invalid output -> whole tweet."""
+    spans, invalid = [], 0
+    markers = codec.marker_index[generated.clamp(max=codec.marker_index.shape[0] - 1)]
+    for words, row in zip(words_list, markers.tolist()):
+        first, last = (row + [-1, -1])[:2]
+        if 0 <= first <= last < len(words):
+            start, end = words.span(first, last)
+            spans.append(words.text[start:end])
+        else:
+            invalid += 1
+            spans.append(words.text)
+    return spans, invalid
+
+
+@torch.inference_mode()
+def seed_way(model, codec, words_list, sentiments):
+    outputs = []
+    for words, sentiment in zip(words_list, sentiments):
+        ids = torch.tensor([codec.span_input(words, sentiment)])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                             num_beams=1)
+        outputs.append(out[0, 1:3].tolist() + [codec.tok.pad_id] * (2 - len(out[0, 1:3])))
+    return torch.tensor(outputs)
+
+
+@torch.inference_mode()
+def hf_batched(model, codec, words_list, sentiments, batch_size=64):
+    outputs = []
+    for b in range(0, len(words_list), batch_size):
+        batch = codec.pad([codec.span_input(w, s) for w, s in
+                           zip(words_list[b: b + batch_size], sentiments[b: b + batch_size])])
+        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=3,
+                             do_sample=False, num_beams=1)
+        out = out[:, 1:3]
+        if out.shape[1] < 2:
+            out = torch.cat([out, out.new_full((out.shape[0], 2 - out.shape[1]), codec.tok.pad_id)], dim=1)
+        outputs.append(out)
+    return torch.cat(outputs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--profile", action="store_true", help="profile SpanExtractor and print the top functions")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.data.exists():
+        _, tweets = split_train_validation(read_labeled(args.data).tweets)
+        source = f"{args.data} (validation split)"
+        while len(tweets) < args.n:
+            tweets = tweets + tweets
+    else:
+        tweets, source = synthetic_tweets(args.n, seed=11), "synthetic tweets"
+    tweets = tweets[: args.n]
+    loaded = load_model(args.model)
+    extractor = SpanExtractor(loaded, device="cpu")
+    codec, model = extractor.codec, extractor.model
+    texts, sentiments, truth = [t.text for t in tweets], [t.sentiment for t in tweets], [t.selected_text for t in tweets]
+    words_list = [codec.words(t) for t in texts]
+    print(f"{len(tweets)} tweets from {source}; model {loaded.version} "
+          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters); {args.threads} threads")
+
+    extractor.extract(texts[:64], sentiments[:64])  # warm-up: first calls allocate
+    results = {}
+    started = time.perf_counter()
+    seed_spans, seed_invalid = spans_from_generated(codec, words_list, seed_way(model, codec, words_list, sentiments))
+    results["a"] = (time.perf_counter() - started, seed_spans, seed_invalid)
+    started = time.perf_counter()
+    hf_spans, hf_invalid = spans_from_generated(codec, words_list, hf_batched(model, codec, words_list, sentiments))
+    results["b"] = (time.perf_counter() - started, hf_spans, hf_invalid)
+    started = time.perf_counter()
+    ours = [r.span for r in extractor.extract(texts, sentiments)]
+    results["c"] = (time.perf_counter() - started, ours, 0)
+
+    names = {"a": "seed: one generate per tweet", "b": "HF generate, batches of 64", "c": "SpanExtractor"}
+    for key, (seconds, spans, invalid) in results.items():
+        print(f"({key}) {names[key]:<30} {len(tweets) / seconds:9.1f} tweets/s  jaccard {mean_jaccard(spans, truth):.4f}"
+              f"  invalid outputs {invalid}")
+    print(f"c/a = {results['a'][0] / results['c'][0]:.1f}x   c/b = {results['b'][0] / results['c'][0]:.1f}x")
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        extractor.extract(texts, sentiments)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(20)
+
+
+if __name__ == "__main__":
+    main()
