@@ -1,7 +1,7 @@
 """Turning tweets into T5 inputs and targets, and padded batches into tensors.
 
 Span task (the seed's SQuAD format, with word markers so the answer is a pointer):
-    question: negative context: <m0> Sooo <m1> SAD <m2> I ...   ->   <m1> <m1>
+    question: negative context: <m0> Sooo <m1> SAD <lex--> <m2> I ...   ->   <m1> <m1>
 The target names the first and last word of the span, so any output maps to exact
 character offsets and the model never has to spell text. Sentiment task, same model:
     sentiment: Sooo SAD I ...   ->   negative
@@ -44,7 +44,10 @@ class Codec:
         return split_words(text, self.max_words)
 
     def _word_ids(self, words: Words, with_markers: bool) -> list[int]:
-        """Each word's pieces, after its marker (span task) and before its lexicon valence piece."""
+        """Each word's marker (span task), its pieces, then its lexicon valence piece if it has one.
+
+        Marker before the word scored 0.497 after one epoch, marker after it 0.474 (small preset).
+        """
         units = [words.unit(i) for i in range(len(words))]
         lexicon_ids = self.tok.lexicon_ids
         ids: list[int] = []

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor
+from transformers.modeling_outputs import BaseModelOutput
 
 from .codec import Codec, token_budget_batches
 from .data import SENTIMENTS
@@ -75,6 +76,7 @@ class SpanExtractor:
         token_budget: int = 8192,
         max_batch_size: int = 256,
         cast_to_bf16_on_gpu: bool = True,
+        span_candidates: int = 1,
     ):
         self.device = pick_device(device)
         self.model = loaded.model.to(self.device)
@@ -85,6 +87,7 @@ class SpanExtractor:
         self.version = loaded.version
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
+        self.span_candidates = max(1, span_candidates)  # first-word candidates scored jointly; 1 = greedy
         self._label_ids = torch.tensor(loaded.tokenizer.label_ids, device=self.device)
 
     def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]:
@@ -97,12 +100,16 @@ class SpanExtractor:
         words = [self.codec.words(t) for t in texts]
         missing = [i for i, s in enumerate(sentiments) if s is None]
         probs: dict[int, float] = {}
-        if missing:
-            labels, label_probs = self.tag_sentiment([words[i] for i in missing])
-            for i, label, prob in zip(missing, labels, label_probs):
-                sentiments[i] = label
-                probs[i] = prob
-        spans = self._spans(words, sentiments)
+        try:  # the one error boundary: say what failed, then let the caller decide
+            if missing:
+                labels, label_probs = self.tag_sentiment([words[i] for i in missing])
+                for i, label, prob in zip(missing, labels, label_probs):
+                    sentiments[i] = label
+                    probs[i] = prob
+            spans = self._spans(words, sentiments)
+        except Exception:
+            log.exception("model %s failed on a batch of %d tweets on %s", self.version, len(texts), self.device)
+            raise
         results = []
         for i, (w, (first, last)) in enumerate(zip(words, spans)):
             start, end = w.span(first, last) if len(w) else (0, 0)
@@ -131,7 +138,7 @@ class SpanExtractor:
 
     @torch.inference_mode()
     def _spans(self, words: list[Words], sentiments: list[str]) -> list[tuple[int, int]]:
-        """(first, last) word of each tweet's span, greedy under the word-span constraint."""
+        """(first, last) word of each tweet's span, decoded under the word-span constraint."""
         spans = [(0, 0)] * len(words)
         todo = [i for i, w in enumerate(words) if len(w)]  # a tweet with no words has the empty span
         inputs = {i: self.codec.span_input(words[i], sentiments[i]) for i in todo}
@@ -146,19 +153,37 @@ class SpanExtractor:
         return spans
 
     def _decode_two_markers(self, batch, n_words: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Best (first, last) marker pair: the top-k first markers, each with its best last marker.
+
+        k = 1 is greedy decoding. Larger k scores log p(first) + log p(last | first) for k
+        candidate starts at the cost of k decoder rows per tweet (the encoder runs once).
+        """
         input_ids = batch.input_ids.to(self.device)
         attention_mask = batch.attention_mask.to(self.device)
+        rows = input_ids.shape[0]
         encoded = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        start = torch.full((rows, 1), self.model.config.decoder_start_token_id, device=self.device)
+        first_logits = self.model(encoder_outputs=encoded, attention_mask=attention_mask,
+                                  decoder_input_ids=start).logits[:, -1, :]  # (B, V)
         constraint = WordSpanConstraint(self.codec.marker_index, n_words, self.codec.tok.eos_id)
-        decoded = torch.full((input_ids.shape[0], 1), self.model.config.decoder_start_token_id, device=self.device)
-        for _ in range(2):  # first marker, then last marker; re-running 1-2 decoder tokens costs less than a cache
-            logits = self.model(
-                encoder_outputs=encoded, attention_mask=attention_mask, decoder_input_ids=decoded
-            ).logits[:, -1, :]  # (B, V)
-            next_token = constraint(decoded, logits.float()).argmax(-1, keepdim=True)  # (B, 1)
-            decoded = torch.cat([decoded, next_token], dim=1)
-        markers = self.codec.marker_index.to(self.device)[decoded[:, 1:]]  # (B, 2)
-        return markers[:, 0].tolist(), markers[:, 1].tolist()
+        first_logp = constraint(start, first_logits.float()).log_softmax(-1)  # (B, V), -inf off-span
+        k = min(self.span_candidates, int(n_words.max()))
+        top_logp, top_first = first_logp.topk(k, dim=-1)  # (B, k)
+
+        def repeat(t: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B*k, ...)
+            return t.repeat_interleave(k, dim=0)
+
+        decoded = torch.cat([repeat(start), top_first.reshape(-1, 1)], dim=1)  # (B*k, 2)
+        last_logits = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=repeat(encoded.last_hidden_state)),
+                                 attention_mask=repeat(attention_mask), decoder_input_ids=decoded).logits[:, -1, :]
+        repeated = WordSpanConstraint(self.codec.marker_index, repeat(n_words), self.codec.tok.eos_id)
+        best_last_logp, best_last = repeated(decoded, last_logits.float()).log_softmax(-1).max(-1)  # (B*k,)
+        total = top_logp + best_last_logp.view(rows, k)  # (B, k); impossible candidates stay -inf
+        choice = total.argmax(-1, keepdim=True)  # (B, 1)
+        first = top_first.gather(1, choice).squeeze(1)
+        last = best_last.view(rows, k).gather(1, choice).squeeze(1)
+        index = self.codec.marker_index.to(self.device)
+        return index[first].tolist(), index[last].tolist()
 
 
 class FullTextExtractor:

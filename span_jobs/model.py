@@ -79,31 +79,39 @@ def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0) -> T5ForCondit
         d_kv=sizes["d_model"] // sizes["num_heads"],
         dropout_rate=0.1,
         feed_forward_proj="gated-gelu",  # T5 v1.1's choice: better than ReLU at equal size
-        tie_word_embeddings=False,
+        # Tied: the output row of marker <m3> is its input embedding, which the encoder carries at
+        # word 3's position, so pointing at a word is a copy, not a mapping learned from scratch.
+        tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_id,
         eos_token_id=tokenizer.eos_id,
         decoder_start_token_id=tokenizer.pad_id,
         **sizes,
     )
     torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(config)
-    # HF initialises an untied lm_head with std 1.0, which starts the loss near 35; std d_model^-0.5
-    # gives unit-scale logits and a starting loss near ln(vocab).
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, sizes["d_model"] ** -0.5)
-    return model
+    # With tied embeddings T5 scales the decoder output by d_model^-0.5: unit-scale logits at the
+    # start, and a starting loss near ln(vocab).
+    return T5ForConditionalGeneration(config)
 
 
-def save_model(loaded: LoadedModel, directory: str | Path) -> Path:
+def save_model(loaded: LoadedModel, directory: str | Path, weights_dtype: torch.dtype | None = None) -> Path:
     """Write the model directory atomically: into a temporary sibling, then rename.
 
     Weights go out as safetensors only; a reader never sees a half-written directory.
+    ``weights_dtype=torch.bfloat16`` halves the file (the shipped default model); loading casts back.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    loaded.model.save_pretrained(staging, safe_serialization=True)
+    state = None
+    if weights_dtype is not None:
+        converted: dict[int, torch.Tensor] = {}  # tied weights (shared embeddings) must stay one tensor
+        state = {}
+        for name, tensor in loaded.model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor = converted.setdefault(tensor.data_ptr(), tensor.detach().to(weights_dtype))
+            state[name] = tensor
+    loaded.model.save_pretrained(staging, safe_serialization=True, state_dict=state)
     loaded.tokenizer.save(staging)
     (staging / METADATA_FILE).write_text(json.dumps(loaded.metadata.__dict__, indent=2, default=str) + "\n")
     if directory.exists():

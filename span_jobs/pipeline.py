@@ -9,6 +9,7 @@ A file is therefore either fully in the database or not at all, and a re-run doe
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import time
@@ -270,8 +271,7 @@ def stage_file(f: InboxFile, extractor, spans_path: Path, quarantine_path: Path,
     with pq.ParquetWriter(spans_path, STAGED_SCHEMA) as spans_out, \
             pq.ParquetWriter(quarantine_path, QUARANTINE_SCHEMA) as quarantine_out:
         try:
-            batches = parquet.iter_batches(batch_size=batch_rows)
-            for batch in batches:
+            for batch in parquet.iter_batches(batch_size=batch_rows):
                 n = batch.num_rows
                 first_row = rows_read + 1
                 rows_read += n
@@ -327,8 +327,6 @@ def _extra_json(batch: pa.RecordBatch, columns: list[str]) -> list[str] | None:
     """The raw tweet's other columns as one JSON object per row (kept, never dropped)."""
     if not columns:
         return None
-    import json
-
     values = {c: batch.column(c).to_pylist() for c in columns}
     return [json.dumps({c: values[c][i] for c in columns}, default=str, ensure_ascii=False)
             for i in range(batch.num_rows)]
@@ -439,13 +437,19 @@ def process_file(f: InboxFile, extractor, database: str | Path, run_id: str,
         stem = hashlib.sha1(str(f.path).encode("utf-8", "surrogateescape")).hexdigest()
         spans_path, quarantine_path = stage / f"{stem}.spans.parquet", stage / f"{stem}.quarantine.parquet"
         try:
-            sha256 = _sha256(f.path)
             try:
+                sha256 = _sha256(f.path)
                 rows_in, model_seconds = stage_file(f, extractor, spans_path, quarantine_path, batch_rows, max_chars)
+                changed = InboxFile.of(f.path).key != f.key
+            except FileNotFoundError:
+                changed = True
             except FileError as exc:
                 log.warning("%s: %s", f.path, exc)
                 record_failure(f, database, str(exc), run_id, sha256)
                 return FileOutcome(str(f.path), "failed", error=str(exc), seconds=time.perf_counter() - started)
+            if changed:  # rewritten or removed while we read it: the next run sees its new version
+                log.warning("%s: changed while being processed; leaving it for the next run", f.path)
+                return FileOutcome(str(f.path), "skipped", error="changed while being processed")
             load_started = time.perf_counter()
             stored, quarantined = load_file(f, database, spans_path, quarantine_path, rows_in,
                                             extractor.version, run_id, sha256)

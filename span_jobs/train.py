@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     limit: int | None = None  # train on the first N usable rows (smoke runs)
+    save_dtype: str = "float32"  # "bfloat16" halves the weights file; inference casts back to fp32 on CPU
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
 
@@ -190,7 +191,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
             metadata.training["epochs_run"] = epoch
             metadata.training["seconds"] = record["seconds"]
             metadata.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            save_model(LoadedModel(model, tokenizer, metadata), out_dir)
+            save_model(LoadedModel(model, tokenizer, metadata), out_dir, weights_dtype=getattr(torch, config.save_dtype))
         # the whole history, best epoch or not, beside the weights it explains
         (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))
     assert best is not None

@@ -21,6 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+SPAN_JOBS = str(Path(sys.executable).with_name("span-jobs"))
 
 
 def free_port() -> int:
@@ -110,3 +111,30 @@ def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path,
     assert con.execute("select count(*), count(distinct tweet_id) from spans").fetchone() == (25, 25)
     assert con.execute("select count(*) from processed_files where status = 'done'").fetchone() == (1,)
     con.close()
+
+    # new labeled data: the event makes the retrain-model trigger create a run for that file
+    labeled = tmp_path / "new-labels.csv"
+    labeled.write_text("textID,text,selected_text,sentiment\nx1,so happy,happy,positive\n")
+    run([SPAN_JOBS, "labeled-arrived", str(labeled)], env)
+    assert retrain_run_parameters(env, timeout=90)["data"] == str(labeled.resolve())
+
+
+def retrain_run_parameters(env, timeout: float) -> dict:
+    """Parameters of the first retrain-model flow run the server has, waiting for the trigger to fire."""
+    script = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import FlowFilter, FlowFilterName\n"
+        "async def main():\n"
+        "    async with get_client() as client:\n"
+        "        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=['retrain-model'])))\n"
+        "        print(json.dumps([r.parameters for r in runs]))\n"
+        "asyncio.run(main())\n"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = json.loads(run([sys.executable, "-c", script], env).strip().splitlines()[-1])
+        if found:
+            return found[0]
+        time.sleep(2)
+    raise AssertionError("no retrain-model flow run was created by the labeled-data trigger")

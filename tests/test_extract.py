@@ -354,3 +354,37 @@ def test_model_with_padded_vocabulary_extracts(tokenizer, tmp_path):
     loaded = load_model_dir(tmp_path / "t5-padded")  # accepted: larger vocabularies are allowed
     [result] = SpanExtractor(loaded, device="cpu").extract(["i love this day"], ["positive"])
     assert_whole_word_span("i love this day", result)
+
+
+def test_joint_start_candidates_score_at_least_as_high_as_greedy(trained_model_dir, trained_extractor):
+    """k first-word candidates: never a worse log p(first, last) than greedy, spans still whole words,
+    and a padded batch still equals each tweet alone."""
+    from span_jobs.model import load_model_dir
+
+    joint = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", span_candidates=4)
+    sentiments = ["negative", "positive", "neutral"] * (len(VARIED) // 3 + 1)
+    sentiments = sentiments[: len(VARIED)]
+    greedy_results = trained_extractor.extract(VARIED, sentiments)
+    joint_results = joint.extract(VARIED, sentiments)
+    codec = joint.codec
+    for text, sentiment, g, j in zip(VARIED, sentiments, greedy_results, joint_results):
+        assert_whole_word_span(text, j)
+        same_result(j, joint.extract([text], [sentiment])[0])
+        words = codec.words(text)
+        if not len(words):
+            continue
+
+        def score(result):
+            first = next(i for i in range(len(words)) if words.starts[i] == result.start)
+            last = next(i for i in range(len(words)) if words.ends[i] == result.end)
+            ids = torch.tensor([codec.span_input(words, sentiment)])
+            target = torch.tensor([[joint.model.config.decoder_start_token_id, codec.tok.marker_id(first)]])
+            with torch.inference_mode():
+                logits = joint.model(input_ids=ids, decoder_input_ids=target).logits[0].float()  # (2, V)
+            mask = torch.full_like(logits, float("-inf"))
+            mask[0, [codec.tok.marker_id(i) for i in range(len(words))]] = 0
+            mask[1, [codec.tok.marker_id(i) for i in range(first, len(words))]] = 0
+            logp = (logits + mask).log_softmax(-1)
+            return logp[0, codec.tok.marker_id(first)] + logp[1, codec.tok.marker_id(last)]
+
+        assert score(j) >= score(g) - 1e-4

@@ -225,3 +225,22 @@ def test_tests_never_touch_the_real_home():
     assert settings.home() != home and home not in settings.registry_root().parents
     assert Path(os.environ["PREFECT_HOME"]).parent == settings.home().parent
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+
+
+def test_bfloat16_weights_halve_the_file_and_load_back_as_float32(tiny_model_dir, tmp_path):
+    from safetensors import safe_open
+
+    from span_jobs.extract import SpanExtractor
+
+    loaded = load_model_dir(tiny_model_dir)
+    save_model(loaded, tmp_path / "bf16", weights_dtype=torch.bfloat16)
+    full = (tiny_model_dir / "model.safetensors").stat().st_size
+    half = (tmp_path / "bf16" / "model.safetensors").stat().st_size
+    assert half < 0.6 * full  # tied embeddings stay one tensor, not three copies
+    with safe_open(str(tmp_path / "bf16" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    back = load_model_dir(tmp_path / "bf16")
+    assert next(back.model.parameters()).dtype == torch.float32
+    texts = ["so happy with this new phone", "  worst   day ever  ", "ok"]
+    spans = [(r.start, r.end) for r in SpanExtractor(back, device="cpu").extract(texts, ["positive", "negative", "neutral"])]
+    assert all(0 <= s <= e <= len(t) for (s, e), t in zip(spans, texts))

@@ -118,3 +118,28 @@ def test_other_columns_and_created_at_are_kept(tmp_path):
     assert got[0][0] == "1" and got[0][1].startswith("2026-01-02")
     assert got[0][2:] == ("ann", "3")
     assert got[1] == ("2", None, "bob", None)
+
+
+class RewritingExtractor(FullTextExtractor):
+    """A real extractor whose first call rewrites the inbox file under the pipeline's feet."""
+
+    def __init__(self, path):
+        self.path, self.calls = path, 0
+
+    def extract(self, texts, sentiments=None):
+        self.calls += 1
+        if self.calls == 1:
+            write_parquet(self.path, tweets(5, start=500))
+        return super().extract(texts, sentiments)
+
+
+def test_a_file_rewritten_during_processing_is_left_for_the_next_run(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    db = tmp_path / "spans.duckdb"
+    path = write_parquet(inbox / "a.parquet", tweets(3))
+    first = run_extract(inbox, db, RewritingExtractor(path))
+    assert [f.status for f in first.files] == ["skipped"]
+    assert rows(db, "select count(*) from spans") == [(0,)]
+    second = run_extract(inbox, db, FullTextExtractor())
+    assert [(f.status, f.rows_stored) for f in second.files] == [("done", 5)]
