@@ -70,8 +70,11 @@ def cli(verbose: bool) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--save-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Precision of the saved weights; bfloat16 halves the file.")
+@click.option("--distill", is_flag=True,
+              help="Also learn from a pretrained teacher's span probabilities (needs span-jobs[teacher]).")
 @device_option
-def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_size, limit, seed, save_dtype, device):
+def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_size, limit, seed, save_dtype, distill,
+          device):
     """Train a model on labeled tweets; keeps the checkpoint with the best validation Jaccard.
 
     Example: span-jobs train --data labeled.csv --preset tiny --epochs 1 --out /tmp/m
@@ -82,7 +85,8 @@ def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_s
 
     data = read_labeled(data_path)
     config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, batch_size=batch_size, lr=lr,
-                         vocab_size=vocab_size, limit=limit, seed=seed, save_dtype=save_dtype, device=device)
+                         vocab_size=vocab_size, limit=limit, seed=seed, save_dtype=save_dtype, distill=distill,
+                         device=device)
     result = run_training(data, out_dir, config, command=shlex.join(["span-jobs", *sys.argv[1:]]))
     click.echo(json.dumps({"model": str(result.directory), "version": result.version, **result.validation}))
 
@@ -113,7 +117,8 @@ def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, a
         train_part, validation_part = split_train_validation(tweets)
         tweets = validation_part if split == "validation" else train_part
     tweets = tweets[:limit] if limit else tweets
-    extractor = SpanExtractor(load_model(model_spec, registry), device=device, token_budget=token_budget)
+    extractor = SpanExtractor(load_model(model_spec, registry), device=device, token_budget=token_budget,
+                              progress=True)
     figures = evaluate_model(extractor, tweets, predict_sentiment=predict_sentiment)
     if as_json:
         click.echo(json.dumps(figures))

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 from transformers import LogitsProcessor
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -77,17 +78,24 @@ class SpanExtractor:
         max_batch_size: int = 256,
         cast_to_bf16_on_gpu: bool = True,
         span_candidates: int = 1,
+        progress: bool = False,
+        quantize_int8: bool = False,
     ):
         self.device = pick_device(device)
         self.model = loaded.model.to(self.device)
         if self.device.type == "cuda" and cast_to_bf16_on_gpu:
             self.model = self.model.to(torch.bfloat16)  # T5 overflows in fp16; bf16 keeps fp32's range
         self.model.eval()
+        if quantize_int8:  # CPU only: int8 weights for every Linear, activations quantized on the fly
+            if self.device.type != "cpu":
+                raise ValueError("int8 quantization is for CPU inference; GPUs run bf16")
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.codec = Codec(loaded.tokenizer)
         self.version = loaded.version
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
         self.span_candidates = max(1, span_candidates)  # first-word candidates scored jointly; 1 = greedy
+        self.progress = progress  # a progress bar per pass, on stderr (the CLI's long commands)
         self._label_ids = torch.tensor(loaded.tokenizer.label_ids, device=self.device)
 
     def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]:
@@ -122,7 +130,8 @@ class SpanExtractor:
         inputs = [self.codec.sentiment_input(w) for w in words]
         labels: list[str] = [""] * len(inputs)
         probs: list[float] = [0.0] * len(inputs)
-        for rows in token_budget_batches([len(x) for x in inputs], self.token_budget, self.max_batch_size):
+        batches = token_budget_batches([len(x) for x in inputs], self.token_budget, self.max_batch_size)
+        for rows in tqdm(batches, desc="tagging sentiment", unit="batch", disable=not self.progress, leave=False):
             batch = self.codec.pad([inputs[i] for i in rows])
             start = torch.full((len(rows), 1), self.model.config.decoder_start_token_id, device=self.device)
             logits = self.model(
@@ -143,7 +152,8 @@ class SpanExtractor:
         todo = [i for i, w in enumerate(words) if len(w)]  # a tweet with no words has the empty span
         inputs = {i: self.codec.span_input(words[i], sentiments[i]) for i in todo}
         lengths = [len(inputs[i]) for i in todo]
-        for rows in token_budget_batches(lengths, self.token_budget, self.max_batch_size):
+        batches = token_budget_batches(lengths, self.token_budget, self.max_batch_size)
+        for rows in tqdm(batches, desc="extracting spans", unit="batch", disable=not self.progress, leave=False):
             ids = [todo[r] for r in rows]
             batch = self.codec.pad([inputs[i] for i in ids])
             n_words = torch.tensor([len(words[i]) for i in ids])

