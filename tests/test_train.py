@@ -102,10 +102,10 @@ def test_make_examples_targets_the_labelled_words(tokenizer):
     ]
     examples = make_examples(codec, tweets, sentiment_task=True)
     assert len(examples) == 4
-    assert examples[0][1] == codec.span_target(1, 1)
-    assert examples[1][1] == codec.sentiment_target("negative")
-    assert examples[2][1] == codec.span_target(2, 3)
-    assert examples[3][1] == [tokenizer.label_ids[2], tokenizer.eos_id]
+    assert examples[0].target_ids == codec.span_target(1, 1)
+    assert examples[1].target_ids == codec.sentiment_target("negative")
+    assert examples[2].target_ids == codec.span_target(2, 3)
+    assert examples[3].target_ids == [tokenizer.label_ids[2], tokenizer.eos_id]
     assert len(make_examples(codec, tweets, sentiment_task=False)) == 2
 
 
