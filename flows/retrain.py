@@ -26,6 +26,7 @@ def retrain_model(
     lr: float = 1e-3,
     batch_size: int = 64,
     limit: int | None = None,
+    distill: bool = False,
     device: str = "auto",
 ) -> dict:
     """Retrain on labeled data (a CSV/Parquet file or a directory) and promote only on strict improvement.
@@ -38,7 +39,7 @@ def retrain_model(
     registry = str(settings.checked_path(registry or settings.registry_root(), "registry"))
     database = str(settings.checked_path(database or settings.default_database(), "database"))
     config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, batch_size=batch_size,
-                         limit=limit, device=device)
+                         limit=limit, distill=distill, device=device)
     run_id = f"retrain-{flow_run.get_id() or 'local'}"
     outcome = retrain(data, config, registry_root=registry, database=database, run_id=run_id, device=device)
     logger.info("%s", outcome.reason)

@@ -196,8 +196,9 @@ def extract(inbox, database, model_spec, registry, device, token_budget, settle_
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Train on the first N rows only.")
+@click.option("--distill", is_flag=True, help="Learn from a pretrained teacher too (needs span-jobs[teacher]).")
 @device_option
-def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit, device):
+def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit, distill, device):
     """Train a challenger and promote it only if its validation Jaccard beats the champion's.
 
     Example: span-jobs retrain --data labeled.csv --preset small --epochs 4
@@ -207,7 +208,8 @@ def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit,
     from .retrain import retrain as run_retrain
     from .train import TrainConfig
 
-    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, limit=limit, device=device)
+    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, limit=limit, distill=distill,
+                         device=device)
     outcome = run_retrain(settings.checked_path(data_path, "data"), config, registry_root=registry,
                           database=database or settings.default_database(), device=device)
     click.echo(json.dumps(outcome_dict(outcome)))
