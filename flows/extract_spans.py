@@ -17,7 +17,7 @@ from span_jobs.model import load_model, resolve_model_dir
 
 
 @task(cache_policy=NO_CACHE)
-def load_extractor(model: str, registry: str | None, device: str, token_budget: int):
+def load_extractor(model: str, registry: str | None, device: str, token_budget: int | None):
     """Load the model once: every file of this run gets the same model version."""
     if model == "full-text-baseline":
         return FullTextExtractor()
@@ -43,7 +43,7 @@ def extract_spans(
     database: str | None = None,
     model: str = "promoted",
     registry: str | None = None,
-    token_budget: int = 8192,
+    token_budget: int | None = None,
     device: str = "auto",
     batch_rows: int = 4096,
     settle_seconds: float = 10.0,
@@ -53,6 +53,7 @@ def extract_spans(
     inbox: directory or glob of Parquet files [default: $SPAN_JOBS_HOME/inbox]
     database: DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb]
     model: model directory, 'default', 'promoted' or 'full-text-baseline'
+    token_budget: most padded tokens per inference batch [default: 4096 on CPU, 65536 on GPU]
     """
     logger = get_run_logger()
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))

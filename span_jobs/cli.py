@@ -43,8 +43,8 @@ registry_option = click.option(
 )
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 budget_option = click.option(
-    "--token-budget", default=8192, show_default=True, type=click.IntRange(min=64),
-    help="Most padded tokens in one inference batch.",
+    "--token-budget", default=None, type=click.IntRange(min=64),
+    help="Most padded tokens in one inference batch [default: 4096 on CPU, 65536 on GPU].",
 )
 
 

@@ -74,7 +74,7 @@ class SpanExtractor:
         self,
         loaded: LoadedModel,
         device: str = "auto",
-        token_budget: int = 8192,
+        token_budget: int | None = None,
         max_batch_size: int = 256,
         cast_to_bf16_on_gpu: bool = True,
         span_candidates: int = 1,
@@ -92,7 +92,9 @@ class SpanExtractor:
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.codec = Codec(loaded.tokenizer)
         self.version = loaded.version
-        self.token_budget = token_budget
+        # CPU: small batches stay in cache (4096 tokens ran 7% faster than 8192, 45% faster than 32768);
+        # GPU: large batches fill the device.
+        self.token_budget = token_budget or (4096 if self.device.type == "cpu" else 65536)
         self.max_batch_size = max_batch_size
         self.span_candidates = max(1, span_candidates)  # first-word candidates scored jointly; 1 = greedy
         self.progress = progress  # a progress bar per pass, on stderr (the CLI's long commands)

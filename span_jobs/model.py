@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.activations import ACT2FN
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # our own progress bars are enough; HF's "Loading weights" bar is noise
@@ -90,7 +91,20 @@ def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0) -> T5ForCondit
     torch.manual_seed(seed)
     # With tied embeddings T5 scales the decoder output by d_model^-0.5: unit-scale logits at the
     # start, and a starting loss near ln(vocab).
-    return T5ForConditionalGeneration(config)
+    return use_fused_gelu(T5ForConditionalGeneration(config))
+
+
+def use_fused_gelu(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
+    """Swap T5's "gelu_new" (tanh GELU written out in Python ops) for torch's fused kernel.
+
+    The same function to float rounding; it took 30% of CPU inference time in a profile.
+    """
+    if model.config.dense_act_fn == "gelu_new":
+        fused = ACT2FN["gelu_pytorch_tanh"]
+        for module in model.modules():
+            if hasattr(module, "act") and type(module.act).__name__ == "NewGELUActivation":
+                module.act = fused
+    return model
 
 
 def save_model(loaded: LoadedModel, directory: str | Path, weights_dtype: torch.dtype | None = None) -> Path:
@@ -149,7 +163,7 @@ def load_model_dir(directory: str | Path, dtype: torch.dtype = torch.float32) ->
             f"({tokenizer.vocab_size})"
         )
     model.eval()
-    return LoadedModel(model, tokenizer, ModelMetadata.read(directory), directory)
+    return LoadedModel(use_fused_gelu(model), tokenizer, ModelMetadata.read(directory), directory)
 
 
 def resolve_model_dir(spec: str | Path, registry_root: str | Path | None = None) -> Path:

@@ -11,7 +11,7 @@ from .model import load_model
 
 
 def predict_file(input_path: Path, output_path: Path, model_spec: str, registry: Path | None = None,
-                 device: str = "auto", token_budget: int = 8192) -> int:
+                 device: str = "auto", token_budget: int | None = None) -> int:
     """Read tweets, predict, write Parquet with the prediction columns added; returns rows written.
 
     A file with empty texts or unknown sentiment labels is refused with the row named, since a
