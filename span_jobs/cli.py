@@ -105,7 +105,7 @@ def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_s
 def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, as_json, device, token_budget):
     """Score a model's spans on labeled tweets with word-level Jaccard.
 
-    Example: span-jobs evaluate --model default --data labeled.csv --split validation --json
+    Example: span-jobs evaluate --model /tmp/m --data labeled.csv --split validation --json
     """
     from .data import read_labeled, split_train_validation
     from .evaluate import evaluate_model
@@ -142,7 +142,7 @@ def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, a
 def predict(model_spec, registry, input_path, output_path, device, token_budget):
     """Add sentiment, sentiment_prob, span, span_start, span_end and model_version to a file of tweets.
 
-    Example: span-jobs predict --model default --input tweets.csv --output spans.parquet
+    Example: span-jobs predict --model promoted --input tweets.csv --output spans.parquet
     """
     from .predict import predict_file
 
@@ -166,7 +166,7 @@ def predict(model_spec, registry, input_path, output_path, device, token_budget)
 def extract(inbox, database, model_spec, registry, device, token_budget, settle_seconds):
     """Extract spans from new inbox files into DuckDB (what the extract-spans flow runs).
 
-    Example: span-jobs extract --inbox inbox/ --database spans.duckdb --model default
+    Example: span-jobs extract --inbox inbox/ --database spans.duckdb --model promoted
     """
     from . import settings
     from .extract import FullTextExtractor, SpanExtractor
