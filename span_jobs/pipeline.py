@@ -21,11 +21,12 @@ from datetime import UTC, datetime
 from glob import glob
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .data import SENTIMENTS
+from .data import normalize_sentiment
 from .store import connect, ensure_schema
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,16 @@ class InboxFile:
     def key(self) -> tuple[str, int, int]:
         return (str(self.path), self.size_bytes, self.mtime_ns)
 
+    @property
+    def stem(self) -> str:
+        """A file-system-safe name for this path's lock and staging files."""
+        return hashlib.sha1(str(self.path).encode("utf-8", "surrogateescape")).hexdigest()
+
 
 @dataclass
 class FileOutcome:
     path: str
-    status: str  # done | failed | skipped
+    status: str  # done | failed | unchanged (same content as a done version) | skipped (left for later)
     rows_in: int = 0
     rows_stored: int = 0
     rows_quarantined: int = 0
@@ -158,8 +164,7 @@ def claim(f: InboxFile, database: str | Path) -> Iterator[bool]:
     """Yields True while this process holds the file's lock, False if another run holds it."""
     locks = work_dir(database) / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha1(str(f.path).encode("utf-8", "surrogateescape")).hexdigest()
-    fd = os.open(locks / f"{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(locks / f"{f.stem}.lock", os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -232,21 +237,22 @@ def _decode_texts(column: pa.Array) -> list[str | bytes | None]:
         return out
 
 
-def _row_problem(tweet_id, text, sentiment_raw, max_chars: int) -> tuple[str, str | None] | None:
-    """(reason, detail) for a row that cannot be processed, else None."""
+def _check_row(tweet_id, text, sentiment_raw, max_chars: int) -> tuple[tuple[str, str | None] | None, str | None]:
+    """((reason, detail), None) for a row that cannot be processed, else (None, its sentiment or None)."""
     if tweet_id is None or not tweet_id.strip():
-        return ("missing id", None)
+        return ("missing id", None), None
     if text is None:
-        return ("null text", None)
+        return ("null text", None), None
     if isinstance(text, bytes):
-        return ("text is not valid UTF-8", None)
+        return ("text is not valid UTF-8", None), None
     if not text.strip():
-        return ("empty text", None)
+        return ("empty text", None), None
     if len(text) > max_chars:
-        return ("text too long", f"{len(text)} characters, limit {max_chars}")
-    if sentiment_raw is not None and sentiment_raw.strip() and sentiment_raw.strip().lower() not in SENTIMENTS:
-        return ("unknown sentiment", repr(sentiment_raw)[:100])
-    return None
+        return ("text too long", f"{len(text)} characters, limit {max_chars}"), None
+    try:
+        return None, normalize_sentiment(sentiment_raw)
+    except ValueError:
+        return ("unknown sentiment", repr(sentiment_raw)[:100]), None
 
 
 def _as_text(value) -> str | None:
@@ -257,6 +263,32 @@ def _as_text(value) -> str | None:
     return value[:QUARANTINE_TEXT_CHARS]
 
 
+def _read_batches(parquet: pq.ParquetFile, id_column: str, sentiment_column: str | None,
+                  created_column: str | None, extra_columns: list[str], batch_rows: int):
+    """Decoded columns of each record batch. Only reading and decoding are wrapped: an error there
+    is the file's fault (FileError); errors downstream (model, disk) propagate and the file stays pending."""
+    batches = parquet.iter_batches(batch_size=batch_rows)
+    rows_read = 0
+    while True:
+        try:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            n = batch.num_rows
+            decoded = (
+                n,
+                pc.cast(batch.column(id_column), pa.string()).to_pylist(),
+                _decode_texts(batch.column("text")),
+                pc.cast(batch.column(sentiment_column), pa.string()).to_pylist() if sentiment_column else [None] * n,
+                pc.cast(batch.column(created_column), pa.string()).to_pylist() if created_column else [None] * n,
+                _extra_json(batch, extra_columns),
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise FileError(f"unreadable after row {rows_read}: {exc}") from exc
+        rows_read += n
+        yield decoded
+
+
 def stage_file(f: InboxFile, extractor, spans_path: Path, quarantine_path: Path,
                batch_rows: int = 4096, max_chars: int = MAX_TEXT_CHARS) -> tuple[int, float]:
     """Stream the file batch by batch through validation and the extractor into two Parquet files.
@@ -264,62 +296,52 @@ def stage_file(f: InboxFile, extractor, spans_path: Path, quarantine_path: Path,
     Returns (rows read, seconds spent in the extractor). Raises FileError if the file is unusable.
     """
     parquet, id_column, sentiment_column, created_column = _open_parquet(f.path)
-    known = {id_column, "text", sentiment_column, created_column}
-    extra_columns = [n for n in parquet.schema_arrow.names if n not in known]
+    # created_at stays in extra_columns too: its raw value survives when it is no timestamp DuckDB can read
+    extra_columns = [n for n in parquet.schema_arrow.names if n not in {id_column, "text", sentiment_column}]
     rows_read = 0
     model_seconds = 0.0
     with pq.ParquetWriter(spans_path, STAGED_SCHEMA) as spans_out, \
             pq.ParquetWriter(quarantine_path, QUARANTINE_SCHEMA) as quarantine_out:
-        try:
-            for batch in parquet.iter_batches(batch_size=batch_rows):
-                n = batch.num_rows
-                first_row = rows_read + 1
-                rows_read += n
-                ids = pc.cast(batch.column(id_column), pa.string()).to_pylist()
-                texts = _decode_texts(batch.column("text"))
-                raw_sentiments = (pc.cast(batch.column(sentiment_column), pa.string()).to_pylist()
-                                  if sentiment_column else [None] * n)
-                created = (pc.cast(batch.column(created_column), pa.string()).to_pylist()
-                           if created_column else [None] * n)
-                extra = _extra_json(batch, extra_columns)
-
-                good: list[int] = []
-                bad_rows, bad_ids, bad_texts, reasons, details = [], [], [], [], []
-                for i in range(n):
-                    problem = _row_problem(ids[i], texts[i], raw_sentiments[i], max_chars)
-                    if problem is None:
-                        good.append(i)
-                    else:
-                        bad_rows.append(first_row + i)
-                        bad_ids.append(ids[i])
-                        bad_texts.append(_as_text(texts[i]))
-                        reasons.append(problem[0])
-                        details.append(problem[1])
-                if bad_rows:
-                    quarantine_out.write_table(pa.table(
-                        [bad_rows, bad_ids, bad_texts, reasons, details], schema=QUARANTINE_SCHEMA))
-                if not good:
-                    continue
-                good_texts = [texts[i] for i in good]
-                given = [(raw_sentiments[i] or "").strip().lower() or None for i in good]
-                started = time.perf_counter()
-                results = extractor.extract(good_texts, given)
-                model_seconds += time.perf_counter() - started
-                spans_out.write_table(pa.table([
-                    [first_row + i for i in good],
-                    [ids[i] for i in good],
-                    good_texts,
-                    [r.sentiment for r in results],
-                    [r.sentiment_given for r in results],
-                    [r.sentiment_prob for r in results],
-                    [r.span for r in results],
-                    [r.start for r in results],
-                    [r.end for r in results],
-                    [created[i] for i in good],
-                    [extra[i] for i in good] if extra is not None else [None] * len(good),
-                ], schema=STAGED_SCHEMA))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise FileError(f"unreadable after row {rows_read}: {exc}") from exc
+        for n, ids, texts, raw_sentiments, created, extra in _read_batches(
+                parquet, id_column, sentiment_column, created_column, extra_columns, batch_rows):
+            first_row = rows_read + 1
+            rows_read += n
+            good: list[int] = []
+            given: list[str | None] = []
+            bad_rows, bad_ids, bad_texts, reasons, details = [], [], [], [], []
+            for i in range(n):
+                problem, sentiment = _check_row(ids[i], texts[i], raw_sentiments[i], max_chars)
+                if problem is None:
+                    good.append(i)
+                    given.append(sentiment)
+                else:
+                    bad_rows.append(first_row + i)
+                    bad_ids.append(ids[i])
+                    bad_texts.append(_as_text(texts[i]))
+                    reasons.append(problem[0])
+                    details.append(problem[1])
+            if bad_rows:
+                quarantine_out.write_table(pa.table(
+                    [bad_rows, bad_ids, bad_texts, reasons, details], schema=QUARANTINE_SCHEMA))
+            if not good:
+                continue
+            good_texts = [texts[i] for i in good]
+            started = time.perf_counter()
+            results = extractor.extract(good_texts, given)
+            model_seconds += time.perf_counter() - started
+            spans_out.write_table(pa.table([
+                [first_row + i for i in good],
+                [ids[i] for i in good],
+                good_texts,
+                [r.sentiment for r in results],
+                [r.sentiment_given for r in results],
+                [r.sentiment_prob for r in results],
+                [r.span for r in results],
+                [r.start for r in results],
+                [r.end for r in results],
+                [created[i] for i in good],
+                [extra[i] for i in good] if extra is not None else [None] * len(good),
+            ], schema=STAGED_SCHEMA))
     return rows_read, model_seconds
 
 
@@ -351,12 +373,13 @@ from (
 ) as earlier
 where staged.tweet_id = earlier.tweet_id;
 
+-- rows quarantined while staging: their text is already cut to QUARANTINE_TEXT_CHARS
 insert into quarantine
-select $source_file, source_row, tweet_id, left(text, 1000), reason, detail, $run_id, $now
+select $source_file, source_row, tweet_id, text, reason, detail, $run_id, $now
 from read_parquet($quarantine);
 
 insert into quarantine
-select $source_file, source_row, tweet_id, left(text, 1000),
+select $source_file, source_row, tweet_id, left(text, $text_chars),
        case when copy_number > 1 then 'duplicate id in file' else 'duplicate id already stored' end,
        case when copy_number > 1 then 'first at an earlier row' else 'stored from ' || stored_in end,
        $run_id, $now
@@ -381,7 +404,7 @@ def load_file(f: InboxFile, database: str | Path, spans_path: Path, quarantine_p
     """Insert a staged file and its ledger row in one transaction; returns (stored, quarantined)."""
     now = datetime.now(UTC)
     params = {"spans": str(spans_path), "quarantine": str(quarantine_path), "source_file": str(f.path),
-              "run_id": run_id, "now": now, "model_version": model_version}
+              "run_id": run_id, "now": now, "model_version": model_version, "text_chars": QUARANTINE_TEXT_CHARS}
     spill = work_dir(database) / "duckdb-spill"
     with connect(database, memory_limit=LOAD_MEMORY_LIMIT) as con:
         con.execute("set temp_directory = $1", [str(spill)])
@@ -390,12 +413,13 @@ def load_file(f: InboxFile, database: str | Path, spans_path: Path, quarantine_p
         try:
             for statement in [s for s in LOAD_SQL.split(";\n") if s.strip()]:
                 con.execute(statement, {k: v for k, v in params.items() if f"${k}" in statement})
-            stored = con.execute(
-                "select count(*) from spans where source_file = $1 and run_id = $2", [str(f.path), run_id]
-            ).fetchone()[0]
-            quarantined = con.execute(
-                "select count(*) from quarantine where source_file = $1 and run_id = $2", [str(f.path), run_id]
-            ).fetchone()[0]
+            # counted from this load's own inputs, not by (file, run): a retried run reuses its run id
+            stored, duplicates = con.execute(
+                "select count(*) filter (where copy_number = 1 and stored_in is null), "
+                "count(*) filter (where copy_number > 1 or stored_in is not null) from staged"
+            ).fetchone()
+            quarantined = duplicates + con.execute(
+                "select count(*) from read_parquet($1)", [str(quarantine_path)]).fetchone()[0]
             if stored + quarantined != rows_in:
                 raise RuntimeError(f"{f.path}: {rows_in} rows read but {stored} stored + {quarantined} quarantined")
             con.execute(
@@ -405,19 +429,30 @@ def load_file(f: InboxFile, database: str | Path, spans_path: Path, quarantine_p
             con.execute("drop table staged")
             con.execute("commit")
         except BaseException:
-            con.execute("rollback")
+            try:
+                con.execute("rollback")
+            except duckdb.Error:  # the failed statement may have ended the transaction already
+                pass
             raise
     return stored, quarantined
 
 
-def record_failure(f: InboxFile, database: str | Path, error: str, run_id: str, sha256: str | None) -> None:
+def record_outcome(f: InboxFile, database: str | Path, status: str, error: str, run_id: str,
+                   sha256: str | None) -> None:
+    """A ledger row for a file version that stores nothing: failed (a file-level error) or unchanged."""
     with connect(database) as con:
         con.execute("begin transaction")
         con.execute(
-            "insert into processed_files values ($1, $2, $3, $4, 'failed', null, 0, 0, $5, null, $6, $7)",
-            [*f.key, sha256, error, run_id, datetime.now(UTC)],
+            "insert into processed_files values ($1, $2, $3, $4, $5, null, 0, 0, $6, null, $7, $8)",
+            [*f.key, sha256, status, error, run_id, datetime.now(UTC)],
         )
         con.execute("commit")
+
+
+def _is_done_with_same_content(f: InboxFile, sha256: str, database: str | Path) -> bool:
+    with connect(database) as con:
+        return con.execute("select 1 from processed_files where file_path = $1 and sha256 = $2 and status = 'done'",
+                           [str(f.path), sha256]).fetchone() is not None
 
 
 # ---- one file, end to end -------------------------------------------------------------------
@@ -434,18 +469,20 @@ def process_file(f: InboxFile, extractor, database: str | Path, run_id: str,
             return FileOutcome(str(f.path), "skipped")
         stage = work_dir(database) / "staging"
         stage.mkdir(parents=True, exist_ok=True)
-        stem = hashlib.sha1(str(f.path).encode("utf-8", "surrogateescape")).hexdigest()
-        spans_path, quarantine_path = stage / f"{stem}.spans.parquet", stage / f"{stem}.quarantine.parquet"
+        spans_path, quarantine_path = stage / f"{f.stem}.spans.parquet", stage / f"{f.stem}.quarantine.parquet"
         try:
             try:
                 sha256 = _sha256(f.path)
+                if _is_done_with_same_content(f, sha256, database):  # touched or copied again: nothing new
+                    record_outcome(f, database, "unchanged", "same content as a version already done", run_id, sha256)
+                    return FileOutcome(str(f.path), "unchanged", seconds=time.perf_counter() - started)
                 rows_in, model_seconds = stage_file(f, extractor, spans_path, quarantine_path, batch_rows, max_chars)
                 changed = InboxFile.of(f.path).key != f.key
             except FileNotFoundError:
                 changed = True
             except FileError as exc:
                 log.warning("%s: %s", f.path, exc)
-                record_failure(f, database, str(exc), run_id, sha256)
+                record_outcome(f, database, "failed", str(exc), run_id, sha256)
                 return FileOutcome(str(f.path), "failed", error=str(exc), seconds=time.perf_counter() - started)
             if changed:  # rewritten or removed while we read it: the next run sees its new version
                 log.warning("%s: changed while being processed; leaving it for the next run", f.path)

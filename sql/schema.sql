@@ -38,7 +38,7 @@ create table if not exists processed_files (
     size_bytes        bigint not null,
     mtime_ns          bigint not null,
     sha256            varchar,
-    status            varchar not null,   -- done | failed
+    status            varchar not null,   -- done | failed | unchanged (same bytes as a done version)
     rows_in           bigint,
     rows_stored       bigint,
     rows_quarantined  bigint,

@@ -143,3 +143,35 @@ def test_a_file_rewritten_during_processing_is_left_for_the_next_run(tmp_path):
     assert rows(db, "select count(*) from spans") == [(0,)]
     second = run_extract(inbox, db, FullTextExtractor())
     assert [(f.status, f.rows_stored) for f in second.files] == [("done", 5)]
+
+
+class BrokenExtractor(FullTextExtractor):
+    def extract(self, texts, sentiments=None):
+        raise OSError("device lost")  # an OSError from the model, not from reading the file
+
+
+def test_a_model_error_leaves_the_file_pending_not_failed(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    db = tmp_path / "spans.duckdb"
+    write_parquet(inbox / "a.parquet", tweets(3))
+    with pytest.raises(OSError, match="device lost"):
+        run_extract(inbox, db, BrokenExtractor())
+    assert rows(db, "select count(*) from processed_files") == [(0,)]
+    assert [f.status for f in run_extract(inbox, db, FullTextExtractor()).files] == ["done"]
+
+
+def test_a_touched_file_with_the_same_bytes_is_not_run_again(tmp_path):
+    import os
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    db = tmp_path / "spans.duckdb"
+    path = write_parquet(inbox / "a.parquet", tweets(4))
+    run_extract(inbox, db, FullTextExtractor())
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - 10**9))
+    again = run_extract(inbox, db, FullTextExtractor())
+    assert [f.status for f in again.files] == ["unchanged"]
+    assert rows(db, "select count(*) from spans") == [(4,)]
+    assert rows(db, "select count(*) from quarantine") == [(0,)]
+    assert run_extract(inbox, db, FullTextExtractor()).files == []
