@@ -12,17 +12,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from span_jobs import pipeline, settings
-from span_jobs.extract import FullTextExtractor, SpanExtractor
-from span_jobs.model import load_model, resolve_model_dir
+from span_jobs.extract import make_extractor
 
 
 @task(cache_policy=NO_CACHE)
 def load_extractor(model: str, registry: str | None, device: str, token_budget: int | None):
     """Load the model once: every file of this run gets the same model version."""
-    if model == "full-text-baseline":
-        return FullTextExtractor()
-    directory = resolve_model_dir(model, registry)
-    return SpanExtractor(load_model(directory), device=device, token_budget=token_budget)
+    return make_extractor(model, registry, device=device, token_budget=token_budget)
 
 
 @task(cache_policy=NO_CACHE)
@@ -59,6 +55,7 @@ def extract_spans(
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
     database = str(settings.checked_path(database or settings.default_database(), "database"))
     registry = str(settings.checked_path(registry, "registry")) if registry else None
+    model = settings.checked_model(model)
     run_id = str(flow_run.get_id() or pipeline.new_run_id())
     started = time.perf_counter()
 

@@ -12,7 +12,7 @@ def span_report(database: str | None = None, out: str | None = None) -> str:
     """Publish the reports of a span database; returns the path of the HTML report."""
     logger = get_run_logger()
     database = str(settings.checked_path(database or settings.default_database(), "database"))
-    out = str(settings.checked_path(out or settings.home() / "report.html", "out"))
+    out = str(settings.checked_path(out or settings.default_report(), "out"))
     report = write_report(database, out)
     lines = [f"- {k.replace('_', ' ')}: **{v:,}**" for k, v in report.summary.items()]
     create_markdown_artifact(key="span-report-summary", markdown="## span-jobs\n\n" + "\n".join(lines)

@@ -38,6 +38,7 @@ def retrain_model(
     data = str(settings.checked_path(data, "data"))
     registry = str(settings.checked_path(registry or settings.registry_root(), "registry"))
     database = str(settings.checked_path(database or settings.default_database(), "database"))
+    init_from = settings.checked_model(init_from) if init_from else None
     config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, batch_size=batch_size,
                          limit=limit, distill=distill, device=device)
     run_id = f"retrain-{flow_run.get_id() or 'local'}"

@@ -169,14 +169,13 @@ def extract(inbox, database, model_spec, registry, device, token_budget, settle_
     Example: span-jobs extract --inbox inbox/ --database spans.duckdb --model promoted
     """
     from . import settings
-    from .extract import FullTextExtractor, SpanExtractor
-    from .model import load_model
+    from .extract import make_extractor
     from .pipeline import run_extract
 
     inbox = settings.checked_path(inbox or settings.default_inbox(), "inbox")
     database = settings.checked_path(database or settings.default_database(), "database")
-    extractor = (FullTextExtractor() if model_spec == "full-text-baseline" else
-                 SpanExtractor(load_model(model_spec, registry), device=device, token_budget=token_budget))
+    registry = settings.checked_path(registry, "registry") if registry else None
+    extractor = make_extractor(settings.checked_model(model_spec), registry, device=device, token_budget=token_budget)
     summary = run_extract(inbox, database, extractor, settle_seconds=settle_seconds)
     for f in summary.files:
         click.echo(f"{f.status:<8} {f.path}: {f.rows_in} in, {f.rows_stored} stored, {f.rows_quarantined} quarantined"
@@ -208,10 +207,12 @@ def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit,
     from .retrain import retrain as run_retrain
     from .train import TrainConfig
 
-    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, limit=limit, distill=distill,
-                         device=device)
-    outcome = run_retrain(settings.checked_path(data_path, "data"), config, registry_root=registry,
-                          database=database or settings.default_database(), device=device)
+    config = TrainConfig(preset=preset, init_from=settings.checked_model(init_from) if init_from else None,
+                         epochs=epochs, lr=lr, limit=limit, distill=distill, device=device)
+    outcome = run_retrain(settings.checked_path(data_path, "data"), config,
+                          registry_root=settings.checked_path(registry, "registry") if registry else None,
+                          database=settings.checked_path(database or settings.default_database(), "database"),
+                          device=device)
     click.echo(json.dumps(outcome_dict(outcome)))
 
 
@@ -228,8 +229,8 @@ def report(database, out):
     from . import settings
     from .report import write_report
 
-    database = database or settings.default_database()
-    out = out or settings.home() / "report.html"
+    database = settings.checked_path(database or settings.default_database(), "database")
+    out = settings.checked_path(out or settings.default_report(), "out")
     summary = write_report(database, out).summary
     click.echo(f"wrote {out}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
 
@@ -249,7 +250,7 @@ def query(sql, database, fmt):
     from . import settings
     from .store import run_query
 
-    names, rows = run_query(database or settings.default_database(), sql)
+    names, rows = run_query(settings.checked_path(database or settings.default_database(), "database"), sql)
     if fmt == "json":
         for row in rows:
             click.echo(json.dumps(dict(zip(names, row)), default=str, ensure_ascii=False))

@@ -199,7 +199,10 @@ class SpanExtractor:
 
 
 class FullTextExtractor:
-    """The floor a model must beat: the whole tweet as its span. Isolates the pipeline from the model."""
+    """The floor a model must beat: the whole tweet as its span. Isolates the pipeline from the model.
+
+    It tags a missing sentiment "neutral" with no probability (sentiment_prob None): it is no classifier.
+    """
 
     version = "full-text-baseline"
 
@@ -211,7 +214,7 @@ class FullTextExtractor:
             start = text.find(stripped) if stripped else 0
             given = sentiment is not None
             results.append(
-                SpanResult(stripped, start, start + len(stripped), sentiment or "neutral", None if given else 1.0, given)
+                SpanResult(stripped, start, start + len(stripped), sentiment or "neutral", None, given)
             )
         return results
 
@@ -228,3 +231,13 @@ def annotate(extractor, texts: Sequence[str], sentiments: Sequence[str | None]) 
         "span_end": [r.end for r in results],
         "model_version": [extractor.version] * len(results),
     }
+
+
+def make_extractor(model: str, registry=None, device: str = "auto", token_budget: int | None = None,
+                   progress: bool = False):
+    """The extractor behind a model name: 'full-text-baseline', 'default', 'promoted' or a directory."""
+    if model == "full-text-baseline":
+        return FullTextExtractor()
+    from .model import load_model
+
+    return SpanExtractor(load_model(model, registry), device=device, token_budget=token_budget, progress=progress)

@@ -6,7 +6,6 @@ Alone it scores word-Jaccard 0.654 on the Kaggle labels (pick the strongest word
 sign); as a marker after each rated word it lets the model learn how far the span reaches.
 """
 
-import hashlib
 import importlib.util
 import re
 from functools import lru_cache
@@ -39,17 +38,15 @@ def load_lexicon() -> dict[str, float]:
     return valences
 
 
-def lexicon_digest() -> str:
-    return hashlib.sha256(lexicon_path().read_bytes()).hexdigest()
-
-
 def valence_bucket(word: str) -> int | None:
     """Index into LEXICON_SYMBOLS for a rated word (as written, or lower-cased without edge punctuation)."""
     lexicon = load_lexicon()
-    lowered = word.lower()
-    valence = lexicon.get(lowered)
+    valence = lexicon.get(word)  # emoticons such as ":D" are rated as written
     if valence is None:
-        valence = lexicon.get(_EDGE_PUNCTUATION.sub("", lowered))
+        lowered = word.lower()
+        valence = lexicon.get(lowered)
+        if valence is None:
+            valence = lexicon.get(_EDGE_PUNCTUATION.sub("", lowered))
     if not valence:
         return None
     if valence >= STRONG:

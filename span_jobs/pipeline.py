@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .data import normalize_sentiment
+from .errors import PathOutsideRoots
+from .settings import checked_path
 from .store import connect, ensure_schema
 
 log = logging.getLogger(__name__)
@@ -467,6 +469,11 @@ def process_file(f: InboxFile, extractor, database: str | Path, run_id: str,
             return FileOutcome(str(f.path), "skipped")
         if is_in_ledger(f, database):  # finished by another run since discovery
             return FileOutcome(str(f.path), "skipped")
+        try:
+            checked_path(f.path, "inbox file")  # a symbolic link in the inbox may point anywhere
+        except PathOutsideRoots as exc:
+            record_outcome(f, database, "failed", str(exc), run_id, None)
+            return FileOutcome(str(f.path), "failed", error=str(exc))
         stage = work_dir(database) / "staging"
         stage.mkdir(parents=True, exist_ok=True)
         spans_path, quarantine_path = stage / f"{f.stem}.spans.parquet", stage / f"{f.stem}.quarantine.parquet"
@@ -502,16 +509,16 @@ def process_file(f: InboxFile, extractor, database: str | Path, run_id: str,
 
 
 def run_extract(inbox: str | Path, database: str | Path, extractor, run_id: str | None = None,
-                batch_rows: int = 4096, settle_seconds: float = 0.0, max_chars: int = MAX_TEXT_CHARS,
-                on_file_done=None) -> RunSummary:
-    """Process every new inbox file with one extractor (one model version for the whole run)."""
+                batch_rows: int = 4096, settle_seconds: float = 0.0, max_chars: int = MAX_TEXT_CHARS) -> RunSummary:
+    """Process every new inbox file with one extractor (one model version for the whole run).
+
+    The extract-spans flow runs the same steps as Prefect tasks, one per file.
+    """
     started = time.perf_counter()
     summary = RunSummary(run_id or new_run_id(), extractor.version)
     files = discover(inbox, database, settle_seconds)
     log.info("run %s: %d new file(s) in %s, model %s", summary.run_id, len(files), inbox, extractor.version)
-    for i, f in enumerate(files, start=1):
+    for f in files:
         summary.files.append(process_file(f, extractor, database, summary.run_id, batch_rows, max_chars))
-        if on_file_done is not None:
-            on_file_done(i, len(files), summary.files[-1])
     summary.seconds = time.perf_counter() - started
     return summary

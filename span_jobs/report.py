@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # no display on servers and workers
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .errors import StoreError  # noqa: E402
 from .store import connect, ensure_schema  # noqa: E402
 
 COLORS = {"negative": "#c0392b", "neutral": "#7f8c8d", "positive": "#27ae60"}
@@ -26,6 +27,8 @@ class Report:
 
 
 def collect(database: str | Path) -> dict[str, pd.DataFrame]:
+    if not Path(database).exists():  # a typo must not quietly report on a new, empty database
+        raise StoreError(f"{database}: no such database")
     ensure_schema(database)
     with connect(database, read_only=True) as con:
         return {
@@ -90,8 +93,8 @@ def _model_history_chart(history: pd.DataFrame) -> bytes:
         ax.plot(x, history["challenger_jaccard"], marker="o", label="challenger")
         ax.plot(x, history["champion_jaccard"], marker="s", label="champion")
         ax.plot(x, history["baseline_jaccard"], linestyle="--", label="full-text baseline")
-        promoted = history[history["is_promoted"]]
-        ax.scatter([list(history.index).index(i) for i in promoted.index], promoted["challenger_jaccard"],
+        promoted = history["is_promoted"].to_numpy()
+        ax.scatter([i for i in x if promoted[i]], history["challenger_jaccard"][promoted],
                    s=120, facecolors="none", edgecolors="green", label="promoted")
         ax.set_xticks(list(x), [str(v)[:19] for v in history["started_at"]], rotation=30, ha="right")
         ax.legend()

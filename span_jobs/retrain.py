@@ -7,15 +7,15 @@ is recorded, promoted or not; a crash or NaN loss records the failure and leaves
 
 import logging
 import shutil
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .data import read_labeled, split_train_validation
 from .evaluate import evaluate_model
 from .extract import FullTextExtractor, SpanExtractor
-from .model import load_model_dir, new_version
+from .errors import ModelError
+from .model import load_model_dir, new_version, resolve_model_dir
 from .registry import Registry
 from .store import connect, ensure_schema
 from .train import TrainConfig, train
@@ -54,6 +54,14 @@ def retrain(data_path: str | Path, config: TrainConfig, registry_root: str | Pat
     """Train a challenger, score it and the champion on the same validation split, promote if better."""
     registry = Registry(registry_root)
     run_id = run_id or new_version("retrain")
+    if config.init_from:  # resolved against this registry, not the default one
+        try:
+            config = replace(config, init_from=str(resolve_model_dir(config.init_from, registry.root)))
+        except ModelError:
+            if config.init_from != "promoted":
+                raise
+            log.warning("nothing promoted yet to start from; training a fresh %s model", config.preset)
+            config = replace(config, init_from=None)
     started_at = datetime.now(UTC)
     data = read_labeled(data_path)
     train_part, validation = split_train_validation(data.tweets, config.validation_percent)

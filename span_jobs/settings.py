@@ -39,3 +39,15 @@ def checked_path(path: str | Path, what: str) -> Path:
     if roots and not any(resolved == r or r in resolved.parents for r in roots):
         raise PathOutsideRoots(f"{what} {path} is outside the allowed roots ({', '.join(map(str, roots))})")
     return resolved
+
+
+MODEL_NAMES = ("default", "promoted", "full-text-baseline")
+
+
+def checked_model(spec: str) -> str:
+    """A model name as is; a model directory checked against the allowed roots like any other path."""
+    return spec if spec in MODEL_NAMES else str(checked_path(spec, "model"))
+
+
+def default_report() -> Path:
+    return home() / "report.html"

@@ -331,7 +331,7 @@ def test_full_text_extractor():
     assert (results[1].start, results[1].end) == (0, 0)
     assert [r.sentiment for r in results] == ["negative", "neutral", "neutral", "neutral"]
     assert [r.sentiment_given for r in results] == [True, False, True, False]
-    assert [r.sentiment_prob for r in results] == [None, 1.0, None, 1.0]
+    assert [r.sentiment_prob for r in results] == [None, None, None, None]  # it tags, but is no classifier
     assert FullTextExtractor.version == "full-text-baseline"
 
 

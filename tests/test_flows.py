@@ -163,3 +163,13 @@ def test_report_flow_writes_html_with_real_charts(tmp_path):
         assert pixels.std() > 0.01  # something is drawn, not a blank canvas
     assert "so happy with tweet" in page  # the top-phrases table
     assert "spans stored: <b>40</b>" in page
+
+
+def test_first_scheduled_retrain_starts_fresh_when_nothing_is_promoted(tmp_path, labeled_csv):
+    """The deployments fine-tune 'promoted'; on a fresh install there is none, so a fresh model is trained."""
+    registry = tmp_path / "registry"
+    result = retrain_model(data=str(labeled_csv), registry=str(registry), database=str(tmp_path / "db.duckdb"),
+                           init_from="promoted", **GOOD)
+    assert result["challenger_version"].startswith("tiny-")  # a fresh preset model, not a fine-tune
+    assert result["champion_version"] is None and "baseline" in result["reason"]
+    assert (Registry(registry).champion() is not None) == result["is_promoted"]
