@@ -24,7 +24,9 @@ test: install
 test-all: install
 	$(PY) -m pytest --run-slow --crash-trials 30
 
+# make bench MODEL=path/to/model (no default model ships yet)
+MODEL ?= promoted
 bench: install
-	$(PY) bench/quality.py
-	$(PY) bench/throughput.py
+	$(PY) bench/quality.py --model $(MODEL)
+	$(PY) bench/throughput.py --model $(MODEL)
 	$(PY) bench/stream_memory.py

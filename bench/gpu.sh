@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU figures on one machine with a CUDA GPU and this repo: installs nothing the machine lacks
-# (torch, transformers, sentencepiece must be there; the project itself is put on PYTHONPATH).
+# (torch, transformers, sentencepiece, pyarrow, pandas, tqdm and vaderSentiment must be there —
+# carry missing ones as wheels; the project itself is put on PYTHONPATH).
 # Under 5 minutes on one H200. Prints inference tweets/s and training samples/s for a
 # t5-base-shaped model (random weights) in bf16, at several batch sizes.
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""Inference speed, three ways, same tweets, same model, one run:
+"""Inference speed, four ways, same tweets, same model, one run:
 
   (a) the seed's way: one `generate` call per tweet
   (b) plain batched Hugging Face generation: batches of 64 in input order, padded, greedy
