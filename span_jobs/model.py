@@ -70,7 +70,7 @@ def new_version(prefix: str = "m") -> str:
     return f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
 
 
-def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0) -> T5ForConditionalGeneration:
+def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0, dropout: float = 0.1) -> T5ForConditionalGeneration:
     """A randomly initialised T5 of a named size whose vocabulary fits the tokenizer."""
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -78,7 +78,7 @@ def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0) -> T5ForCondit
     config = T5Config(
         vocab_size=tokenizer.vocab_size,
         d_kv=sizes["d_model"] // sizes["num_heads"],
-        dropout_rate=0.1,
+        dropout_rate=dropout,
         feed_forward_proj="gated-gelu",  # T5 v1.1's choice: better than ReLU at equal size
         # Tied: the output row of marker <m3> is its input embedding, which the encoder carries at
         # word 3's position, so pointing at a word is a copy, not a mapping learned from scratch.

@@ -36,6 +36,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3  # high for a from-scratch T5; use ~3e-4 when fine-tuning a trained model
     weight_decay: float = 0.01
+    dropout: float = 0.1  # T5's default; raise it when the model memorises the training pointers
     warmup_fraction: float = 0.06  # linear warm-up then linear decay to zero
     clip_norm: float = 1.0
     vocab_size: int = 8000  # SentencePiece pieces; the 100 markers come on top
@@ -155,7 +156,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         tokenizer, model = base.tokenizer, base.model
     else:
         tokenizer = train_tokenizer([t.text for t in train_tweets] + config.extra_texts, vocab_size=config.vocab_size)
-        model = build_model(config.preset, tokenizer, seed=config.seed)
+        model = build_model(config.preset, tokenizer, seed=config.seed, dropout=config.dropout)
     model.to(device)
     codec = Codec(tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
