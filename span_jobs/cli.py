@@ -109,16 +109,14 @@ def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, a
     """
     from .data import read_labeled, split_train_validation
     from .evaluate import evaluate_model
-    from .extract import SpanExtractor
-    from .model import load_model
+    from .extract import make_extractor
 
     tweets = read_labeled(data_path).tweets
     if split != "all":
         train_part, validation_part = split_train_validation(tweets)
         tweets = validation_part if split == "validation" else train_part
     tweets = tweets[:limit] if limit else tweets
-    extractor = SpanExtractor(load_model(model_spec, registry), device=device, token_budget=token_budget,
-                              progress=True)
+    extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, progress=True)
     figures = evaluate_model(extractor, tweets, predict_sentiment=predict_sentiment)
     if as_json:
         click.echo(json.dumps(figures))

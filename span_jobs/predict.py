@@ -6,8 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .data import DataError, normalize_sentiment, read_raw
-from .extract import SpanExtractor, annotate
-from .model import load_model
+from .extract import annotate, make_extractor
 
 
 def predict_file(input_path: Path, output_path: Path, model_spec: str, registry: Path | None = None,
@@ -29,8 +28,7 @@ def predict_file(input_path: Path, output_path: Path, model_spec: str, registry:
             sentiments.append(normalize_sentiment(value))
         except ValueError as exc:
             raise DataError(f"{input_path}: row {row}: {exc}") from exc
-    extractor = SpanExtractor(load_model(model_spec, registry), device=device, token_budget=token_budget,
-                              progress=True)
+    extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, progress=True)
     frame = frame.drop(columns=[c for c in ("sentiment",) if c in frame.columns])
     for name, values in annotate(extractor, texts, sentiments).items():
         frame[name] = values

@@ -11,14 +11,14 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .data import read_labeled, split_train_validation
+from .data import read_labeled
 from .evaluate import evaluate_model
 from .extract import FullTextExtractor, SpanExtractor
 from .errors import ModelError
 from .model import load_model_dir, new_version, resolve_model_dir
 from .registry import Registry
 from .store import connect, ensure_schema
-from .train import TrainConfig, train
+from .train import TrainConfig, train, training_split
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def retrain(data_path: str | Path, config: TrainConfig, registry_root: str | Pat
             config = replace(config, init_from=None)
     started_at = datetime.now(UTC)
     data = read_labeled(data_path)
-    train_part, validation = split_train_validation(data.tweets, config.validation_percent)
-    if config.limit:
-        validation = validation[: max(1, config.limit // 5)]
+    train_part, validation = training_split(data.tweets, config)
     baseline = evaluate_model(FullTextExtractor(), validation)["jaccard"]
 
     champion_record = registry.champion()

@@ -111,6 +111,14 @@ def distillation_loss(logits: torch.Tensor, batch: list[Example], marker_ids: to
     return -(targets * logp.masked_fill(~allowed, 0.0)).sum(-1).mean()
 
 
+def training_split(tweets: list[LabeledTweet], config: TrainConfig) -> tuple[list[LabeledTweet], list[LabeledTweet]]:
+    """The (train, validation) tweets a run with this config uses; retrain scores on the same validation."""
+    train_tweets, val_tweets = split_train_validation(tweets, config.validation_percent)
+    if config.limit:
+        return train_tweets[: config.limit], val_tweets[: max(1, config.limit // 5)]
+    return train_tweets, val_tweets
+
+
 def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffled batches of similar lengths: sort inside random pools of 50 batches, then shuffle batches."""
     order = list(range(len(lengths)))
@@ -142,10 +150,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     device = pick_device(config.device)
 
     # ---- split: fixed by id hash, so every run validates on the same tweets -------------------
-    train_tweets, val_tweets = split_train_validation(data.tweets, config.validation_percent)
-    if config.limit:
-        train_tweets = train_tweets[: config.limit]
-        val_tweets = val_tweets[: max(1, config.limit // 5)]
+    train_tweets, val_tweets = training_split(data.tweets, config)
     if not train_tweets or not val_tweets:
         raise TrainingError(f"need both training and validation tweets; got {len(train_tweets)} and {len(val_tweets)}")
     log.info("training on %d tweets, validating on %d", len(train_tweets), len(val_tweets))
