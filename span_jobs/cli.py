@@ -72,9 +72,15 @@ def cli(verbose: bool) -> None:
               help="Precision of the saved weights; bfloat16 halves the file.")
 @click.option("--distill", is_flag=True,
               help="Also learn from a pretrained teacher's span probabilities (needs span-jobs[teacher]).")
+@click.option("--distill-weight", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="With --distill: share of the span and sentiment loss taken from the teacher's distributions.")
+@click.option("--state-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --distill: weight of matching the teacher's word states.")
+@click.option("--pretrained-embeddings", is_flag=True,
+              help="Start the piece embeddings from MiniLM's (needs span-jobs[teacher]).")
 @device_option
 def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_size, limit, seed, save_dtype, distill,
-          device):
+          distill_weight, state_weight, pretrained_embeddings, device):
     """Train a model on labeled tweets; keeps the checkpoint with the best validation Jaccard.
 
     Example: span-jobs train --data labeled.csv --preset tiny --epochs 1 --out /tmp/m
@@ -86,7 +92,8 @@ def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_s
     data = read_labeled(data_path)
     config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, batch_size=batch_size, lr=lr,
                          vocab_size=vocab_size, limit=limit, seed=seed, save_dtype=save_dtype, distill=distill,
-                         device=device)
+                         distill_weight=distill_weight, state_weight=state_weight,
+                         pretrained_embeddings=pretrained_embeddings, device=device)
     result = run_training(data, out_dir, config, command=shlex.join(["span-jobs", *sys.argv[1:]]))
     click.echo(json.dumps({"model": str(result.directory), "version": result.version, **result.validation}))
 

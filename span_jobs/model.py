@@ -70,7 +70,8 @@ def new_version(prefix: str = "m") -> str:
     return f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
 
 
-def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0, dropout: float = 0.1) -> T5ForConditionalGeneration:
+def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0, dropout: float = 0.1,
+                pointer: bool = True) -> T5ForConditionalGeneration:
     """A randomly initialised T5 of a named size whose vocabulary fits the tokenizer."""
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -88,10 +89,36 @@ def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0, dropout: float
         decoder_start_token_id=tokenizer.pad_id,
         **sizes,
     )
+    config.span_pointer = pointer  # saved in config.json; see span_logits
     torch.manual_seed(seed)
     # With tied embeddings T5 scales the decoder output by d_model^-0.5: unit-scale logits at the
     # start, and a starting loss near ln(vocab).
     return use_fused_gelu(T5ForConditionalGeneration(config))
+
+
+def encode(model: T5ForConditionalGeneration, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
+                marker_mask: torch.Tensor, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+    """Decoder logits (B, S, V); with ``config.span_pointer`` each marker's logit also gets a pointer term.
+
+    T5's tied output row of marker <m3> is a fixed embedding that says "word 3" and nothing about
+    the word, so plain T5 learns where spans usually start (word 0) rather than which words carry
+    sentiment. The pointer term is the decoder state's dot product with the encoder's state *at*
+    that marker, which does know the word and its neighbours: pointer-network copying, no new
+    weights. encoded: (B, T, d) encoder output; marker_mask: (B, T) true where input_ids is a marker.
+    """
+    hidden = model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoded,
+                                 encoder_attention_mask=attention_mask).last_hidden_state  # (B, S, d)
+    scaled = hidden * model.config.d_model**-0.5
+    logits = model.lm_head(scaled if model.config.scale_decoder_outputs else hidden)
+    if getattr(model.config, "span_pointer", False):
+        content = (scaled @ encoded.transpose(1, 2)) * marker_mask[:, None, :]  # (B, S, T), zero off markers
+        index = input_ids[:, None, :].expand(-1, hidden.shape[1], -1)
+        logits = logits.scatter_add(-1, index, content.to(logits.dtype))
+    return logits
 
 
 def use_fused_gelu(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
@@ -166,13 +193,21 @@ def load_model_dir(directory: str | Path, dtype: torch.dtype = torch.float32) ->
     return LoadedModel(use_fused_gelu(model), tokenizer, ModelMetadata.read(directory), directory)
 
 
+def default_model_ships() -> bool:
+    return (DEFAULT_MODEL_DIR / WEIGHTS_FILE).exists()
+
+
+def default_model_dir() -> Path:
+    return DEFAULT_MODEL_DIR
+
+
 def resolve_model_dir(spec: str | Path, registry_root: str | Path | None = None) -> Path:
     """The directory behind a model name: a path, ``default`` (shipped) or ``promoted`` (registry champion)."""
     spec = str(spec)
     if spec == "default":
-        if not (DEFAULT_MODEL_DIR / WEIGHTS_FILE).exists():
+        if not default_model_ships():
             raise ModelError("no default model ships with this install; train one with `span-jobs train`")
-        return DEFAULT_MODEL_DIR
+        return default_model_dir()
     if spec == "promoted":
         from .registry import Registry  # registry imports this module
 

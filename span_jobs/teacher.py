@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from .data import LabeledTweet
+from .data import SENTIMENTS, LabeledTweet
 from .errors import ModelError
 from .words import Words, locate_selection, split_words
 
@@ -41,6 +41,8 @@ class SoftSpan:
 
     first: torch.Tensor  # (n_words,)
     last: torch.Tensor  # (n_words,)
+    states: torch.Tensor | None = None  # (n_words, hidden) its last-layer state at each word, float16
+    sentiment: torch.Tensor | None = None  # (3,) P(label) in SENTIMENTS order, from the tweet alone
 
 
 class SpanTeacher(nn.Module):
@@ -51,6 +53,7 @@ class SpanTeacher(nn.Module):
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.head = nn.Linear(encoder.config.hidden_size, 2)
+        self.sentiment_head = nn.Linear(encoder.config.hidden_size, len(SENTIMENTS))
         self.max_words = max_words
 
     @classmethod
@@ -59,14 +62,13 @@ class SpanTeacher(nn.Module):
         encoder = AutoModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
         return cls(encoder, AutoTokenizer.from_pretrained(directory, local_files_only=True), max_words)
 
-    def word_logits(self, words: list[Words], sentiments: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, max_words, 2) start/end logits per word, and a (B, max_words) mask of real words."""
+    def word_states(self, words: list[Words], sentiments: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, max_words, H) last-layer state at each word's first sub-token, and a (B, max_words) mask."""
         units = [[w.unit(i) for i in range(len(w))] for w in words]
         encoded = self.tokenizer([[s] for s in sentiments], units, is_split_into_words=True, truncation="only_second",
                                  max_length=256, padding=True, return_tensors="pt")
         device = self.head.weight.device
         hidden = self.encoder(**{k: v.to(device) for k, v in encoded.items()}).last_hidden_state  # (B, T, H)
-        token_logits = self.head(hidden)  # (B, T, 2)
         first_token = torch.zeros((len(words), self.max_words), dtype=torch.long)
         mask = torch.zeros((len(words), self.max_words), dtype=torch.bool)
         for b in range(len(words)):
@@ -74,8 +76,22 @@ class SpanTeacher(nn.Module):
             for t, word in enumerate(encoded.word_ids(b)):
                 if word is not None and sequence[t] == 1 and not mask[b, word]:
                     first_token[b, word], mask[b, word] = t, True
-        gathered = token_logits.gather(1, first_token.to(device)[..., None].expand(-1, -1, 2))  # (B, W, 2)
+        gathered = hidden.gather(1, first_token.to(device)[..., None].expand(-1, -1, hidden.shape[-1]))
         return gathered, mask.to(device)
+
+    def sentiment_logits(self, words: list[Words]) -> torch.Tensor:
+        """(B, 3) label logits from the [CLS] state of the tweet alone (no sentiment given)."""
+        units = [[w.unit(i) for i in range(len(w))] or [""] for w in words]
+        encoded = self.tokenizer(units, is_split_into_words=True, truncation=True, max_length=256, padding=True,
+                                 return_tensors="pt")
+        device = self.head.weight.device
+        hidden = self.encoder(**{k: v.to(device) for k, v in encoded.items()}).last_hidden_state
+        return self.sentiment_head(hidden[:, 0])
+
+    def word_logits(self, words: list[Words], sentiments: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, max_words, 2) start/end logits per word, and a (B, max_words) mask of real words."""
+        states, mask = self.word_states(words, sentiments)
+        return self.head(states), mask
 
 
 def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,7 +101,8 @@ def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, lr: float = 5e-5,
                   batch_size: int = 32, seed: int = 0, device: str = "cpu",
                   directory: Path | None = None) -> SpanTeacher:
-    """Fine-tune the pretrained encoder with a start/end head on the gold spans."""
+    """Fine-tune the pretrained encoder with a start/end head on the gold spans, and a sentiment head
+    on the tweet alone (for the T5's sentiment task)."""
     torch.manual_seed(seed)
     teacher = SpanTeacher.pretrained(max_words, directory).to(device)
     examples = []
@@ -106,8 +123,10 @@ def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, l
             logits, mask = teacher.word_logits([w for w, _, _ in batch], [s for _, s, _ in batch])
             first = torch.tensor([f for _, _, (f, _) in batch], device=logits.device)
             last = torch.tensor([l for _, _, (_, l) in batch], device=logits.device)
+            labels = torch.tensor([SENTIMENTS.index(s) for _, s, _ in batch], device=logits.device)
             loss = (nn.functional.cross_entropy(_masked(logits[..., 0], mask), first)
-                    + nn.functional.cross_entropy(_masked(logits[..., 1], mask), last))
+                    + nn.functional.cross_entropy(_masked(logits[..., 1], mask), last)
+                    + nn.functional.cross_entropy(teacher.sentiment_logits([w for w, _, _ in batch]), labels))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
@@ -119,16 +138,21 @@ def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, l
 
 @torch.inference_mode()
 def soft_spans(teacher: SpanTeacher, tweets: list[LabeledTweet], batch_size: int = 64) -> dict[str, SoftSpan]:
-    """The teacher's start and end distributions for each tweet, by tweet id."""
+    """The teacher's start and end distributions, word states and sentiment for each tweet, by tweet id."""
     out: dict[str, SoftSpan] = {}
     for i in tqdm(range(0, len(tweets), batch_size), desc="teacher predictions", leave=False):
         batch = tweets[i: i + batch_size]
         words = [split_words(t.text, teacher.max_words) for t in batch]
-        logits, mask = teacher.word_logits(words, [t.sentiment for t in batch])
+        states, mask = teacher.word_states(words, [t.sentiment for t in batch])
+        logits = teacher.head(states)
         first = _masked(logits[..., 0], mask).softmax(-1).cpu()
         last = _masked(logits[..., 1], mask).softmax(-1).cpu()
+        states = (states * mask[..., None]).to(torch.float16).cpu()  # words past its 256 tokens: zero
+        sentiment = teacher.sentiment_logits(words).softmax(-1).cpu()
         for b, (t, w) in enumerate(zip(batch, words)):
-            out[t.tweet_id] = SoftSpan(first[b, : len(w)].clone(), last[b, : len(w)].clone())
+            n = len(w)
+            out[t.tweet_id] = SoftSpan(first[b, :n].clone(), last[b, :n].clone(), states[b, :n].clone(),
+                                       sentiment[b].clone())
     return out
 
 
@@ -139,3 +163,61 @@ def teacher_spans(soft: dict[str, SoftSpan], tweets: list[LabeledTweet]) -> list
         first = int(soft[t.tweet_id].first.argmax())
         spans.append((first, first + int(soft[t.tweet_id].last[first:].argmax())))
     return spans
+
+
+def pretrained_piece_embeddings(tokenizer, dim: int, directory: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Starting embeddings for our SentencePiece pieces, taken from MiniLM's WordPiece table.
+
+    Each piece's text is split by MiniLM's tokenizer (a piece inside a word as "##" continuation)
+    and its WordPiece embeddings averaged; PCA brings 384 dimensions down to ``dim``, scaled to
+    T5's unit-variance initialisation. Returns (vectors (N, dim), found (N,) bool) for the
+    ``tokenizer.sp`` pieces; control, byte and label/lexicon pieces keep their random start.
+    """
+    directory = directory or teacher_base_dir()
+    wordpiece = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    table = AutoModel.from_pretrained(directory, use_safetensors=True, local_files_only=True).get_input_embeddings()
+    table = table.weight.detach().float()  # (30522, 384)
+    vocab = wordpiece.get_vocab()
+    sp = tokenizer.sp
+    n = sp.get_piece_size()
+    vectors = torch.zeros((n, table.shape[1]))
+    found = torch.zeros(n, dtype=torch.bool)
+    for i in range(n):
+        if sp.is_control(i) or sp.is_byte(i) or sp.is_unknown(i) or sp.is_unused(i):
+            continue
+        piece = sp.id_to_piece(i)
+        starts_word = piece.startswith("\u2581")
+        text = piece.lstrip("\u2581")
+        if not text or text.startswith("<"):  # labels, lexicon symbols and the like
+            continue
+        ids = wordpiece(text, add_special_tokens=False)["input_ids"]
+        if not starts_word and f"##{text.lower()}" in vocab:
+            ids = [vocab[f"##{text.lower()}"]]
+        ids = [t for t in ids if t != wordpiece.unk_token_id]
+        if ids:
+            vectors[i] = table[ids].mean(0)
+            found[i] = True
+    chosen = vectors[found]
+    centred = chosen - chosen.mean(0)
+    _, singular, components = torch.linalg.svd(centred, full_matrices=False)
+    rank = int((singular > 1e-4 * singular[0]).sum())
+    projected = centred @ components[: min(dim, rank)].T  # (n_found, <= dim): the main directions
+    projected = projected / projected.std(0)
+    if projected.shape[1] < dim:  # a wider T5 than the table's rank: the extra dimensions start at zero
+        projected = torch.cat([projected, projected.new_zeros((projected.shape[0], dim - projected.shape[1]))], 1)
+    out = torch.zeros((n, dim))
+    out[found] = projected
+    return out, found
+
+
+def start_from_pretrained_embeddings(model, tokenizer, directory: Path | None = None) -> int:
+    """Overwrite the T5's embedding rows of the pieces MiniLM knows; returns how many rows changed.
+
+    A from-scratch T5 sees "happy" and "glad" as unrelated ids; 22k tweets are too few to learn
+    otherwise. Starting from a pretrained table gives the encoder word meaning on step one.
+    """
+    vectors, found = pretrained_piece_embeddings(tokenizer, model.config.d_model, directory)
+    with torch.no_grad():
+        rows = model.get_input_embeddings().weight[: len(found)]
+        rows[found] = vectors[found].to(rows.dtype)
+    return int(found.sum())

@@ -15,11 +15,11 @@ import torch
 from tqdm import tqdm
 
 from .codec import Codec
-from .data import LabeledData, LabeledTweet, split_train_validation
+from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation
 from .evaluate import evaluate_model
 from .errors import TrainingError
 from .extract import SpanExtractor, pick_device
-from .model import LoadedModel, ModelMetadata, build_model, load_model, new_version, save_model
+from .model import LoadedModel, ModelMetadata, build_model, encode, load_model, new_version, save_model, span_logits
 from .tokenizer import N_SENTINELS, train_tokenizer
 from .words import locate_selection
 
@@ -36,6 +36,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3  # high for a from-scratch T5; use ~3e-4 when fine-tuning a trained model
     weight_decay: float = 0.01
+    pretrained_embeddings: bool = False  # start piece embeddings from MiniLM's (needs span-jobs[teacher])
+    pointer: bool = True  # marker logits also point at the encoder's states (model.span_logits)
     dropout: float = 0.1  # T5's default; raise it when the model memorises the training pointers
     warmup_fraction: float = 0.06  # linear warm-up then linear decay to zero
     clip_norm: float = 1.0
@@ -48,6 +50,7 @@ class TrainConfig:
     save_dtype: str = "float32"  # "bfloat16" halves the weights file; inference casts back to fp32 on CPU
     distill: bool = False  # learn from a pretrained teacher's span probabilities too (span_jobs/teacher.py)
     distill_weight: float = 0.5  # share of the span loss that comes from the teacher
+    state_weight: float = 1.0  # with distill: weight of matching the teacher's word states (state_loss)
     teacher_epochs: int = 1  # the pretrained teacher learns the task in one epoch (shared/notes: 0.688)
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
@@ -67,6 +70,8 @@ class Example:
     # span examples with a teacher: its P(first word) and P(last word | gold first), over the markers
     soft_first: torch.Tensor | None = None  # (N_SENTINELS,)
     soft_last: torch.Tensor | None = None  # (N_SENTINELS,)
+    teacher_states: torch.Tensor | None = None  # (n_words, H): the teacher's state at each word
+    soft_label: torch.Tensor | None = None  # sentiment examples: the teacher's P(label), (3,)
 
 
 def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool,
@@ -78,8 +83,9 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
         located = locate_selection(words, t.selected_text)
         if located is None:
             continue
-        soft_first = soft_last = None
+        soft_first = soft_last = states = None
         if soft is not None and t.tweet_id in soft:
+            states = soft[t.tweet_id].states
             n, first = len(words), located[0]
             soft_first = torch.zeros(N_SENTINELS)
             soft_first[:n] = soft[t.tweet_id].first
@@ -89,26 +95,61 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
             if soft_last is None:
                 soft_first = None
         examples.append(Example(codec.span_input(words, t.sentiment), codec.span_target(*located),
-                                soft_first, soft_last))
+                                soft_first, soft_last, states))
         if sentiment_task:
-            examples.append(Example(codec.sentiment_input(words), codec.sentiment_target(t.sentiment)))
+            soft_label = soft[t.tweet_id].sentiment if soft is not None and t.tweet_id in soft else None
+            examples.append(Example(codec.sentiment_input(words), codec.sentiment_target(t.sentiment),
+                                    soft_label=soft_label))
     return examples
 
 
-def distillation_loss(logits: torch.Tensor, batch: list[Example], marker_ids: torch.Tensor) -> torch.Tensor | None:
-    """Cross-entropy of the student's marker distributions against the teacher's, at both span steps.
+def distillation_loss(logits: torch.Tensor, batch: list[Example], marker_ids: torch.Tensor,
+                      label_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Cross-entropy of the student's distributions against the teacher's, averaged over rows:
+    over the markers at both span steps for span rows, over the labels for sentiment rows.
 
     logits: (B, T, V) of the batch; rows without a teacher target are left out. None if no row has one.
     """
+    losses = []
     rows = [i for i, e in enumerate(batch) if e.soft_first is not None]
+    if rows:
+        index = torch.tensor(rows, device=logits.device)
+        marker_logits = logits[index][:, :2, :].index_select(-1, marker_ids).float()  # (R, 2, 100)
+        targets = torch.stack([torch.stack([batch[i].soft_first, batch[i].soft_last]) for i in rows]).to(logits.device)
+        allowed = targets > 0  # the teacher puts mass only on the tweet's words (and on last >= gold first)
+        logp = marker_logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)  # (R, 2, 100)
+        losses.append(-(targets * logp.masked_fill(~allowed, 0.0)).sum(-1).mean(-1))
+    rows = [i for i, e in enumerate(batch) if e.soft_label is not None]
+    if rows and label_ids is not None:
+        index = torch.tensor(rows, device=logits.device)
+        logp = logits[index][:, 0, :].index_select(-1, label_ids).float().log_softmax(-1)  # (R, 3)
+        targets = torch.stack([batch[i].soft_label for i in rows]).to(logits.device)
+        losses.append(-(targets * logp).sum(-1))
+    return torch.cat(losses).mean() if losses else None
+
+
+def state_loss(encoded: torch.Tensor, marker_numbers: torch.Tensor, batch: list[Example],
+               projection: torch.nn.Module) -> torch.Tensor | None:
+    """1 - cosine between the student's encoder state at each word marker (projected) and the
+    teacher's state at that word, averaged over words; None if no row has teacher states.
+
+    Matching a pretrained encoder's contextual word states hands the T5 what 22k tweets cannot
+    teach it alone: what words mean in context (the idea of TinyBERT's and MiniLM's distillation).
+    encoded: (B, T, d); marker_numbers: (B, T) marker number at each position, -1 elsewhere.
+    """
+    rows = [i for i, e in enumerate(batch) if e.teacher_states is not None]
     if not rows:
         return None
-    index = torch.tensor(rows, device=logits.device)
-    marker_logits = logits[index][:, :2, :].index_select(-1, marker_ids).float()  # (R, 2, 100)
-    targets = torch.stack([torch.stack([batch[i].soft_first, batch[i].soft_last]) for i in rows]).to(logits.device)
-    allowed = targets > 0  # the teacher puts mass only on the tweet's words (and on last >= gold first)
-    logp = marker_logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)  # (R, 2, 100)
-    return -(targets * logp.masked_fill(~allowed, 0.0)).sum(-1).mean()
+    index = torch.tensor(rows, device=encoded.device)
+    numbers = marker_numbers[index]  # (R, T)
+    r, t = (numbers >= 0).nonzero(as_tuple=True)
+    student = projection(encoded[index][r, t])  # (words, H), in (row, position) order = (row, word) order
+    target = torch.cat([batch[i].teacher_states[: int((numbers[j] >= 0).sum())] for j, i in enumerate(rows)])
+    target = target.to(device=student.device, dtype=student.dtype)
+    known = target.abs().sum(-1) > 0  # words the teacher did not see are zero
+    if not known.any():
+        return None
+    return (1 - torch.nn.functional.cosine_similarity(student[known], target[known], dim=-1)).mean()
 
 
 def training_split(tweets: list[LabeledTweet], config: TrainConfig) -> tuple[list[LabeledTweet], list[LabeledTweet]]:
@@ -161,7 +202,12 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         tokenizer, model = base.tokenizer, base.model
     else:
         tokenizer = train_tokenizer([t.text for t in train_tweets] + config.extra_texts, vocab_size=config.vocab_size)
-        model = build_model(config.preset, tokenizer, seed=config.seed, dropout=config.dropout)
+        model = build_model(config.preset, tokenizer, seed=config.seed, dropout=config.dropout, pointer=config.pointer)
+        if config.pretrained_embeddings:
+            from .teacher import start_from_pretrained_embeddings
+
+            changed = start_from_pretrained_embeddings(model, tokenizer)
+            log.info("%d of %d pieces start from MiniLM's embeddings", changed, tokenizer.vocab_size)
     model.to(device)
     codec = Codec(tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
@@ -176,7 +222,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                                 device=str(device))
         soft = soft_spans(teacher, train_tweets + val_tweets)
         teacher_figures = _score_spans(codec, val_tweets, teacher_spans(soft, val_tweets))
-        log.info("teacher validation jaccard %.4f", teacher_figures["jaccard"])
+        hits = [int(soft[t.tweet_id].sentiment.argmax()) == SENTIMENTS.index(t.sentiment) for t in val_tweets]
+        log.info("teacher validation jaccard %.4f, sentiment accuracy %.4f", teacher_figures["jaccard"],
+                 sum(hits) / len(hits))
         del teacher
 
     # ---- examples --------------------------------------------------------------------------
@@ -185,10 +233,19 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         raise TrainingError("no usable training examples")
     lengths = [len(e.input_ids) for e in examples]
     marker_ids = torch.tensor([tokenizer.marker_id(i) for i in range(N_SENTINELS)], device=device)
+    marker_index = codec.marker_index.to(device)
+    label_ids = torch.tensor(tokenizer.label_ids, device=device)
+
+    # the student's encoder states are compared with the teacher's through a linear map, used only here
+    projection = None
+    if soft is not None and config.state_weight > 0:
+        hidden = next(iter(soft.values())).states.shape[-1]
+        projection = torch.nn.Linear(model.config.d_model, hidden).to(device)
 
     # ---- optimiser and schedule --------------------------------------------------------------
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trained = list(model.named_parameters()) + (list(projection.named_parameters()) if projection else [])
+    decay = [p for n, p in trained if p.dim() >= 2]
+    no_decay = [p for n, p in trained if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
@@ -222,21 +279,27 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
             inputs = codec.pad([e.input_ids for e in batch])
             labels = codec.pad([e.target_ids for e in batch], pad_value=-100).input_ids
             with autocast:
-                out = model(
-                    input_ids=inputs.input_ids.to(device),
-                    attention_mask=inputs.attention_mask.to(device),
-                    labels=labels.to(device),
-                )
-                loss = out.loss
+                input_ids = inputs.input_ids.to(device)
+                attention_mask = inputs.attention_mask.to(device)
+                labels = labels.to(device)
+                encoded = encode(model, input_ids, attention_mask)
+                logits = span_logits(model, encoded, attention_mask, marker_index[input_ids] >= 0, input_ids,
+                                     model._shift_right(labels))
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                                         ignore_index=-100)
                 if soft is not None:
-                    distilled = distillation_loss(out.logits, batch, marker_ids)
+                    distilled = distillation_loss(logits, batch, marker_ids, label_ids)
                     if distilled is not None:
                         loss = (1 - config.distill_weight) * loss + config.distill_weight * distilled
+                if projection is not None:
+                    matched = state_loss(encoded, marker_index[input_ids], batch, projection)
+                    if matched is not None:
+                        loss = loss + config.state_weight * matched
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            torch.nn.utils.clip_grad_norm_([p for _, p in trained], config.clip_norm)
             optimizer.step()
             scheduler.step()
             step += 1

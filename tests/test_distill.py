@@ -9,7 +9,7 @@ from span_jobs.codec import Codec
 from span_jobs.data import LabeledTweet
 from span_jobs.teacher import SoftSpan
 from span_jobs.tokenizer import N_SENTINELS
-from span_jobs.train import distillation_loss, make_examples
+from span_jobs.train import distillation_loss, make_examples, state_loss
 
 
 def test_soft_targets_cover_only_the_tweets_words_and_last_after_gold_first(tokenizer):
@@ -42,3 +42,53 @@ def test_distillation_loss_is_the_cross_entropy_over_allowed_markers(tokenizer):
     assert math.isfinite(logits.grad.abs().sum().item())
     assert logits.grad[1].abs().sum() == 0  # the sentiment example has no teacher target
     assert distillation_loss(logits, examples[1:], marker_ids) is None
+
+
+def test_state_loss_matches_each_word_marker_with_the_teachers_state_of_that_word(tokenizer):
+    codec = Codec(tokenizer)
+    tweets = [LabeledTweet("t1", "so very happy today", "happy today", "positive"),
+              LabeledTweet("t2", "sad", "sad", "negative")]
+    hidden = 6
+    states = {"t1": torch.randn(4, hidden), "t2": torch.randn(1, hidden)}
+    states["t1"][3] = 0  # a word the teacher did not see (past its token limit)
+    soft = {t: SoftSpan(torch.ones(len(s)) / len(s), torch.ones(len(s)) / len(s), s) for t, s in states.items()}
+    examples = make_examples(codec, tweets, sentiment_task=True, soft=soft)
+    batch = codec.pad([e.input_ids for e in examples])
+    numbers = codec.marker_index[batch.input_ids]
+    d_model = 5
+    encoded = torch.randn(len(examples), batch.input_ids.shape[1], d_model, requires_grad=True)
+    projection = torch.nn.Linear(d_model, hidden)
+    loss = state_loss(encoded, numbers, examples, projection)
+
+    expected = []
+    for row, tweet in [(0, "t1"), (2, "t2")]:  # rows 1 and 3 are sentiment examples: no markers, no states
+        for word in range(len(states[tweet])):
+            if states[tweet][word].abs().sum() == 0:
+                continue
+            position = (batch.input_ids[row] == tokenizer.marker_id(word)).nonzero().item()
+            student = projection(encoded[row, position])
+            expected.append(1 - torch.nn.functional.cosine_similarity(student, states[tweet][word], dim=0))
+    assert len(expected) == 4
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    loss.backward()
+    assert encoded.grad[1].abs().sum() == 0 and encoded.grad[0].abs().sum() > 0
+    assert state_loss(encoded, numbers, examples[1:2], projection) is None
+
+
+def test_sentiment_rows_learn_the_teachers_label_distribution(tokenizer):
+    codec = Codec(tokenizer)
+    tweet = LabeledTweet("t1", "so very happy today", "happy today", "positive")
+    label_probs = torch.tensor([0.1, 0.2, 0.7])  # negative, neutral, positive
+    soft = {"t1": SoftSpan(torch.ones(4) / 4, torch.ones(4) / 4, None, label_probs)}
+    span_example, sentiment_example = make_examples(codec, [tweet], sentiment_task=True, soft=soft)
+    assert span_example.soft_label is None and torch.equal(sentiment_example.soft_label, label_probs)
+    marker_ids = torch.tensor([tokenizer.marker_id(i) for i in range(N_SENTINELS)])
+    label_ids = torch.tensor(tokenizer.label_ids)
+    logits = torch.randn(2, 3, tokenizer.vocab_size, requires_grad=True)
+    loss = distillation_loss(logits, [sentiment_example], marker_ids, label_ids)
+    expected = -(label_probs * logits[0, 0, label_ids].log_softmax(-1)).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    both = distillation_loss(logits, [span_example, sentiment_example], marker_ids, label_ids)
+    span_only = distillation_loss(logits, [span_example], marker_ids, label_ids)
+    sentiment_only = distillation_loss(logits[1:], [sentiment_example], marker_ids, label_ids)
+    assert both.item() == pytest.approx((span_only.item() + sentiment_only.item()) / 2, rel=1e-5)

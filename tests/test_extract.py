@@ -10,9 +10,9 @@ from transformers import LogitsProcessorList, T5Config, T5ForConditionalGenerati
 
 from span_jobs.codec import MAX_PIECES_PER_WORD, Codec, token_budget_batches
 from span_jobs.data import SENTIMENTS
-from span_jobs.extract import FullTextExtractor, SpanExtractor, WordSpanConstraint, annotate
+from span_jobs.extract import FullTextExtractor, SpanExtractor, WordSpanConstraint, annotate, expected_jaccard
 from span_jobs.metric import mean_jaccard
-from span_jobs.model import load_model_dir
+from span_jobs.model import build_model, encode, load_model_dir, span_logits
 from span_jobs.words import split_words
 
 LONG = " ".join(["i just got home from work and the movie was on"] * 6) + " so sad!!!"  # 67 words
@@ -356,15 +356,69 @@ def test_model_with_padded_vocabulary_extracts(tokenizer, tmp_path):
     assert_whole_word_span("i love this day", result)
 
 
+def test_expected_jaccard_hedges_where_the_likeliest_span_bets():
+    # (0,0) is the likeliest single span, but (3,3) overlaps more of the probability mass:
+    # E[J] of (0,0) = .40; of (3,3) = .35 + .25 * 1/2 = .475; of (3,4) = .35/2 + .25 = .425
+    first = torch.tensor([[0, 3, 3, 7]])
+    last = torch.tensor([[0, 3, 4, 2]])
+    logp = torch.tensor([[0.40, 0.35, 0.25, 0.0]]).log()
+    expected = expected_jaccard(first, last, logp)
+    assert expected[0, :3].tolist() == pytest.approx([0.40, 0.475, 0.425])
+    assert expected[0, 3] == float("-inf")  # an impossible candidate is never chosen
+    assert logp.argmax().item() == 0 and expected.argmax().item() == 1
+
+
+def test_expected_jaccard_decoding_stays_in_whole_words_and_batch_invariant(trained_model_dir):
+    extractor = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", decoding="expected-jaccard",
+                              span_candidates=5, last_candidates=5)
+    sentiments = (["negative", "positive", "neutral"] * len(VARIED))[: len(VARIED)]
+    for text, sentiment, result in zip(VARIED, sentiments, extractor.extract(VARIED, sentiments)):
+        assert_whole_word_span(text, result)
+        same_result(result, extractor.extract([text], [sentiment])[0])
+
+
+def test_unknown_decoding_is_refused(trained_model_dir):
+    with pytest.raises(ValueError, match="unknown decoding"):
+        SpanExtractor(load_model_dir(trained_model_dir), device="cpu", decoding="beam")
+
+
+@pytest.mark.parametrize("pointer", [True, False])
+def test_pointer_adds_the_encoder_state_at_each_marker_and_nothing_else(tokenizer, pointer):
+    model = build_model("tiny", tokenizer, seed=3, pointer=pointer).eval()
+    codec = Codec(tokenizer)
+    words = split_words("so happy to see you again", codec.max_words)
+    ids = torch.tensor([codec.span_input(words, "positive")])
+    mask = torch.ones_like(ids)
+    start = torch.full((1, 1), model.config.decoder_start_token_id)
+    with torch.inference_mode():
+        plain = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[0, 0]
+        encoded = encode(model, ids, mask)
+        pointed = span_logits(model, encoded, mask, codec.marker_index[ids] >= 0, ids, start)[0, 0]
+        hidden = model.get_decoder()(input_ids=start, encoder_hidden_states=encoded).last_hidden_state[0, 0]
+    markers = [tokenizer.marker_id(i) for i in range(len(words))]
+    others = torch.ones_like(plain, dtype=torch.bool)
+    others[markers] = False
+    assert torch.allclose(pointed[others], plain[others], atol=1e-5)
+    if not pointer:
+        assert torch.allclose(pointed, plain, atol=1e-5)
+        return
+    positions = [(ids[0] == m).nonzero().item() for m in markers]
+    content = encoded[0, positions] @ hidden * model.config.d_model**-0.5
+    assert torch.allclose(pointed[markers] - plain[markers], content, atol=1e-4)
+    assert content.abs().max() > 1e-3  # the term is really there
+
+
 def test_joint_start_candidates_score_at_least_as_high_as_greedy(trained_model_dir, trained_extractor):
     """k first-word candidates: never a worse log p(first, last) than greedy, spans still whole words,
     and a padded batch still equals each tweet alone."""
-    from span_jobs.model import load_model_dir
+    from span_jobs.model import build_model, encode, load_model_dir, span_logits
 
-    joint = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", span_candidates=4)
+    joint = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", decoding="likeliest", span_candidates=4)
     sentiments = ["negative", "positive", "neutral"] * (len(VARIED) // 3 + 1)
     sentiments = sentiments[: len(VARIED)]
-    greedy_results = trained_extractor.extract(VARIED, sentiments)
+    greedy = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", decoding="likeliest", span_candidates=1,
+                           last_candidates=1)
+    greedy_results = greedy.extract(VARIED, sentiments)
     joint_results = joint.extract(VARIED, sentiments)
     codec = joint.codec
     for text, sentiment, g, j in zip(VARIED, sentiments, greedy_results, joint_results):
@@ -380,7 +434,9 @@ def test_joint_start_candidates_score_at_least_as_high_as_greedy(trained_model_d
             ids = torch.tensor([codec.span_input(words, sentiment)])
             target = torch.tensor([[joint.model.config.decoder_start_token_id, codec.tok.marker_id(first)]])
             with torch.inference_mode():
-                logits = joint.model(input_ids=ids, decoder_input_ids=target).logits[0].float()  # (2, V)
+                encoded = encode(joint.model, ids, torch.ones_like(ids))
+                logits = span_logits(joint.model, encoded, torch.ones_like(ids), codec.marker_index[ids] >= 0, ids,
+                                     target)[0].float()  # (2, V)
             mask = torch.full_like(logits, float("-inf"))
             mask[0, [codec.tok.marker_id(i) for i in range(len(words))]] = 0
             mask[1, [codec.tok.marker_id(i) for i in range(first, len(words))]] = 0

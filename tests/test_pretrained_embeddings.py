@@ -1,0 +1,58 @@
+"""Starting the T5's piece embeddings from a pretrained WordPiece table (a tiny BERT built here)."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from span_jobs.model import build_model
+from span_jobs.teacher import pretrained_piece_embeddings, start_from_pretrained_embeddings
+
+WORDPIECES = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "happy", "sad", "love", "day", "work", "so",
+              "i", "the", "##s", "##ing", "!", "."]
+
+
+@pytest.fixture(scope="module")
+def wordpiece_dir(tmp_path_factory):
+    """A BERT-style encoder directory like MiniLM's: WordPiece tokenizer files and safetensors weights."""
+    directory = tmp_path_factory.mktemp("wordpiece")
+    BertTokenizer(vocab={w: i for i, w in enumerate(WORDPIECES)}, do_lower_case=True).save_pretrained(directory)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(WORDPIECES), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)
+    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def test_pieces_take_the_mean_of_their_wordpieces_projected_to_unit_scale(tokenizer, wordpiece_dir):
+    vectors, found = pretrained_piece_embeddings(tokenizer, 16, wordpiece_dir)
+    sp = tokenizer.sp
+    assert vectors.shape == (sp.get_piece_size(), 16) and found.shape == (sp.get_piece_size(),)
+    for word in ["happy", "sad", "love", "work"]:
+        assert found[sp.piece_to_id(f"\u2581{word}")], word
+    for i in range(sp.get_piece_size()):  # control and byte pieces keep their random start
+        if sp.is_control(i) or sp.is_byte(i) or sp.is_unknown(i):
+            assert not found[i]
+    spread = vectors[found].std(0)  # unit scale along each pretrained direction, zero past the table's rank
+    used = spread > 0.5
+    assert used.sum() >= 4
+    assert spread[used] == pytest.approx(torch.ones(int(used.sum())), abs=1e-3)
+    assert (spread[~used] < 1e-3).all()
+    assert vectors[~found].abs().sum() == 0
+    # the same wordpieces give the same vector, whatever the case: MiniLM's vocabulary is lower-case
+    upper = sp.piece_to_id("\u2581Happy")
+    if upper != sp.unk_id() and found[upper]:
+        assert torch.allclose(vectors[upper], vectors[sp.piece_to_id("\u2581happy")])
+
+
+def test_start_from_pretrained_embeddings_overwrites_only_known_pieces(tokenizer, wordpiece_dir):
+    model = build_model("tiny", tokenizer, seed=0)
+    before = model.get_input_embeddings().weight.detach().clone()
+    changed = start_from_pretrained_embeddings(model, tokenizer, wordpiece_dir)
+    after = model.get_input_embeddings().weight.detach()
+    vectors, found = pretrained_piece_embeddings(tokenizer, model.config.d_model, wordpiece_dir)
+    assert changed == int(found.sum()) > 0
+    n = len(found)
+    assert torch.allclose(after[:n][found], vectors[found])
+    assert torch.equal(after[:n][~found], before[:n][~found])
+    assert torch.equal(after[n:], before[n:])  # the word markers are untouched
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # still tied
