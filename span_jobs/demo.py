@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .data import LabeledData
-from .model import DEFAULT_MODEL_DIR, WEIGHTS_FILE
+from .model import WEIGHTS_FILE, default_model_ships
 from .synthetic import synthetic_tweets
 from .train import TrainConfig, train
 
@@ -42,7 +42,7 @@ def make_sample_inbox(inbox: Path, files: int = 3, rows_per_file: int = 200, see
 
 def demo_model(workdir: Path) -> str:
     """The shipped default model, or else a tiny one trained here on made-up tweets (about a minute on CPU)."""
-    if (DEFAULT_MODEL_DIR / WEIGHTS_FILE).exists():
+    if default_model_ships():
         return "default"
     out = workdir / "model"
     if not (out / WEIGHTS_FILE).exists():

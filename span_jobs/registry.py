@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import settings
-from .model import DEFAULT_MODEL_DIR, WEIGHTS_FILE, ModelError
+from .model import WEIGHTS_FILE, ModelError, default_model_dir, default_model_ships
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ class Registry:
         record = self.champion()
         if record is not None:
             return Path(record["path"])
-        if (DEFAULT_MODEL_DIR / WEIGHTS_FILE).exists():
+        if default_model_ships():
             log.info("no promoted model in %s yet; using the shipped default model", self.root)
-            return DEFAULT_MODEL_DIR
+            return default_model_dir()
         raise ModelError(f"no promoted model in {self.root} and no default model shipped; run `span-jobs retrain`")
 
     def new_model_dir(self, version: str) -> Path:

@@ -1,7 +1,8 @@
 """Retraining with a champion/challenger gate: promote only a model that scores strictly higher.
 
 Challenger and champion are scored by the same code on the same validation split (fixed by
-tweet-id hash). Without a champion, the challenger must beat the full-text baseline. Every run
+tweet-id hash). Until a model is promoted, the champion is the shipped default model; without
+either, the challenger must beat the full-text baseline. Every run
 is recorded, promoted or not; a crash or NaN loss records the failure and leaves the champion alone.
 """
 
@@ -15,7 +16,7 @@ from .data import read_labeled
 from .evaluate import evaluate_model
 from .extract import FullTextExtractor, SpanExtractor
 from .errors import ModelError
-from .model import load_model_dir, new_version, resolve_model_dir
+from .model import default_model_dir, default_model_ships, load_model_dir, new_version, resolve_model_dir
 from .registry import Registry
 from .store import connect, ensure_schema
 from .train import TrainConfig, train, training_split
@@ -67,10 +68,12 @@ def retrain(data_path: str | Path, config: TrainConfig, registry_root: str | Pat
     train_part, validation = training_split(data.tweets, config)
     baseline = evaluate_model(FullTextExtractor(), validation)["jaccard"]
 
+    # the model in service: the champion, or the shipped default while nothing has been promoted
     champion_record = registry.champion()
+    serving = champion_record["path"] if champion_record else (default_model_dir() if default_model_ships() else None)
     champion_version = champion_jaccard = None
-    if champion_record is not None:
-        champion = SpanExtractor(load_model_dir(champion_record["path"]), device=device)
+    if serving is not None:
+        champion = SpanExtractor(load_model_dir(serving), device=device)
         champion_version, champion_jaccard = champion.version, evaluate_model(champion, validation)["jaccard"]
 
     staging = registry.models_dir / f".{run_id}.training"

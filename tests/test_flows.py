@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import re
+import shutil
 
 import duckdb
 import matplotlib.image
@@ -122,7 +123,15 @@ def test_retrain_promotes_only_a_better_challenger(tmp_path, labeled_csv, tiny_m
     con.close()
 
 
-def test_first_model_must_beat_the_full_text_baseline(tmp_path, labeled_csv):
+@pytest.fixture
+def no_default_model(tmp_path, monkeypatch):
+    """An install without a shipped default model (the package dir pointed at an empty place)."""
+    import span_jobs.model
+
+    monkeypatch.setattr(span_jobs.model, "DEFAULT_MODEL_DIR", tmp_path / "no-default-model")
+
+
+def test_first_model_must_beat_the_full_text_baseline(tmp_path, labeled_csv, no_default_model):
     registry = tmp_path / "registry"
     result = retrain_model(data=str(labeled_csv), registry=str(registry), database=str(tmp_path / "db.duckdb"),
                            preset="tiny", epochs=1, lr=1e-7, device="cpu")
@@ -165,11 +174,32 @@ def test_report_flow_writes_html_with_real_charts(tmp_path):
     assert "spans stored: <b>40</b>" in page
 
 
-def test_first_scheduled_retrain_starts_fresh_when_nothing_is_promoted(tmp_path, labeled_csv):
-    """The deployments fine-tune 'promoted'; on a fresh install there is none, so a fresh model is trained."""
+def test_first_scheduled_retrain_starts_fresh_when_nothing_is_promoted(tmp_path, labeled_csv, no_default_model):
+    """The deployments fine-tune 'promoted'; with nothing promoted and no default model, a fresh model is trained."""
     registry = tmp_path / "registry"
     result = retrain_model(data=str(labeled_csv), registry=str(registry), database=str(tmp_path / "db.duckdb"),
                            init_from="promoted", **GOOD)
     assert result["challenger_version"].startswith("tiny-")  # a fresh preset model, not a fine-tune
     assert result["champion_version"] is None and "baseline" in result["reason"]
     assert (Registry(registry).champion() is not None) == result["is_promoted"]
+
+
+def test_the_shipped_default_is_the_champion_until_the_first_promotion(tmp_path, labeled_csv, tiny_model_dir,
+                                                                       monkeypatch):
+    """An install that ships a default model serves it before anything is promoted, so a challenger
+    must beat it (not just the full-text baseline), and 'promoted' fine-tunes it."""
+    import span_jobs.model
+
+    shipped = tmp_path / "package" / "default_model"
+    shutil.copytree(tiny_model_dir, shipped)
+    monkeypatch.setattr(span_jobs.model, "DEFAULT_MODEL_DIR", shipped)
+    registry = tmp_path / "registry"
+    default_version = load_model_dir(shipped).version
+
+    result = retrain_model(data=str(labeled_csv), registry=str(registry), database=str(tmp_path / "db.duckdb"),
+                           init_from="promoted", **GOOD)
+    assert result["champion_version"] == default_version
+    assert result["challenger_version"].startswith("ft-")  # fine-tuned from the default, not a fresh model
+    assert result["is_promoted"], result["reason"]  # three epochs beat the untrained default
+    assert result["reason"].startswith("challenger") and "> champion" in result["reason"]
+    assert Registry(registry).champion()["version"] == result["challenger_version"]
