@@ -39,7 +39,8 @@ def main() -> None:
     if args.split == "validation":
         tweets = split_train_validation(tweets)[1]
     print(f"model {loaded.version} ({args.model}); {len(tweets)} tweets: {args.labeled} ({args.split}); "
-          f"{torch.get_num_threads()} CPU threads")
+          f"{torch.get_num_threads()} CPU threads; decoding {extractor.decoding}, "
+          f"{extractor.span_candidates} first x {extractor.last_candidates} last words")
 
     started = time.perf_counter()
     figures = evaluate_model(extractor, tweets, predict_sentiment=True)

@@ -27,6 +27,7 @@ def retrain_model(
     batch_size: int = 64,
     limit: int | None = None,
     distill: bool = False,
+    pretrained_embeddings: bool = False,
     device: str = "auto",
 ) -> dict:
     """Retrain on labeled data (a CSV/Parquet file or a directory) and promote only on strict improvement.
@@ -40,7 +41,7 @@ def retrain_model(
     database = str(settings.checked_path(database or settings.default_database(), "database"))
     init_from = settings.checked_model(init_from) if init_from else None
     config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, batch_size=batch_size,
-                         limit=limit, distill=distill, device=device)
+                         limit=limit, distill=distill, pretrained_embeddings=pretrained_embeddings, device=device)
     run_id = f"retrain-{flow_run.get_id() or 'local'}"
     outcome = retrain(data, config, registry_root=registry, database=database, run_id=run_id, device=device)
     logger.info("%s", outcome.reason)

@@ -201,8 +201,11 @@ def extract(inbox, database, model_spec, registry, device, token_budget, settle_
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Train on the first N rows only.")
 @click.option("--distill", is_flag=True, help="Learn from a pretrained teacher too (needs span-jobs[teacher]).")
+@click.option("--pretrained-embeddings", is_flag=True,
+              help="Start a fresh model's piece embeddings from MiniLM's (needs span-jobs[teacher]).")
 @device_option
-def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit, distill, device):
+def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit, distill, pretrained_embeddings,
+            device):
     """Train a challenger and promote it only if its validation Jaccard beats the champion's.
 
     Example: span-jobs retrain --data labeled.csv --preset small --epochs 4
@@ -213,7 +216,8 @@ def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit,
     from .train import TrainConfig
 
     config = TrainConfig(preset=preset, init_from=settings.checked_model(init_from) if init_from else None,
-                         epochs=epochs, lr=lr, limit=limit, distill=distill, device=device)
+                         epochs=epochs, lr=lr, limit=limit, distill=distill,
+                         pretrained_embeddings=pretrained_embeddings, device=device)
     outcome = run_retrain(settings.checked_path(data_path, "data"), config,
                           registry_root=settings.checked_path(registry, "registry") if registry else None,
                           database=settings.checked_path(database or settings.default_database(), "database"),
@@ -285,6 +289,8 @@ def demo(workdir):
 
     workdir = workdir.resolve()
     os.environ.setdefault("SPAN_JOBS_HOME", str(workdir))
+    # the demo starts Prefect's temporary server; its 20 s default timed out on 2 busy cores
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     inbox, database, report_path = workdir / "inbox", workdir / "spans.duckdb", workdir / "report.html"
     files = make_sample_inbox(inbox)
     click.echo(f"sample inbox: {len(files)} Parquet files in {inbox}")

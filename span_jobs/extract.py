@@ -210,8 +210,8 @@ class SpanExtractor:
         if self.decoding == "likeliest":
             choice = joint.argmax(-1, keepdim=True)
         else:
-            choice = expected_jaccard(self._marker_index[first_ids], self._marker_index[last_ids], joint)
-            choice = choice.argmax(-1, keepdim=True)
+            expected = expected_jaccard(self._marker_index[first_ids], self._marker_index[last_ids], joint)
+            choice = expected.argmax(-1, keepdim=True)
         first = self._marker_index[first_ids.gather(1, choice).squeeze(1)]
         last = self._marker_index[last_ids.gather(1, choice).squeeze(1)]
         return first.tolist(), last.tolist()

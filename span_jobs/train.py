@@ -48,8 +48,8 @@ class TrainConfig:
     device: str = "auto"
     limit: int | None = None  # train on the first N usable rows (smoke runs)
     save_dtype: str = "float32"  # "bfloat16" halves the weights file; inference casts back to fp32 on CPU
-    distill: bool = False  # learn from a pretrained teacher's span probabilities too (span_jobs/teacher.py)
-    distill_weight: float = 0.5  # share of the span loss that comes from the teacher
+    distill: bool = False  # learn from a pretrained teacher's spans, sentiment and word states (teacher.py)
+    distill_weight: float = 0.5  # share of the span and sentiment loss that comes from the teacher
     state_weight: float = 1.0  # with distill: weight of matching the teacher's word states (state_loss)
     teacher_epochs: int = 1  # the pretrained teacher learns the task in one epoch (shared/notes: 0.688)
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
