@@ -16,9 +16,9 @@ from span_jobs.extract import make_extractor
 
 
 @task(cache_policy=NO_CACHE)
-def load_extractor(model: str, registry: str | None, device: str, token_budget: int | None):
+def load_extractor(model: str, registry: str | None, device: str, token_budget: int | None, decoding: str):
     """Load the model once: every file of this run gets the same model version."""
-    return make_extractor(model, registry, device=device, token_budget=token_budget)
+    return make_extractor(model, registry, device=device, token_budget=token_budget, decoding=decoding)
 
 
 @task(cache_policy=NO_CACHE)
@@ -43,6 +43,7 @@ def extract_spans(
     device: str = "auto",
     batch_rows: int = 4096,
     settle_seconds: float = 10.0,
+    decoding: str = "expected-jaccard",
 ) -> dict:
     """Extract sentiment spans from new inbox files into DuckDB.
 
@@ -50,6 +51,7 @@ def extract_spans(
     database: DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb]
     model: model directory, 'default', 'promoted' or 'full-text-baseline'
     token_budget: most padded tokens per inference batch [default: 4096 on CPU, 65536 on GPU]
+    decoding: 'expected-jaccard' (best spans) or 'greedy' (2.2x faster on CPU)
     """
     logger = get_run_logger()
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
@@ -60,7 +62,7 @@ def extract_spans(
     started = time.perf_counter()
 
     # ---- extract: what is new ----
-    extractor = load_extractor(model, registry, device, token_budget)
+    extractor = load_extractor(model, registry, device, token_budget, decoding)
     files = find_new_files(inbox, database, settle_seconds)
     logger.info("%d new file(s) in %s; model %s", len(files), inbox, extractor.version)
 

@@ -271,11 +271,21 @@ def annotate(extractor, texts: Sequence[str], sentiments: Sequence[str | None]) 
     }
 
 
+# what the CLI and flows call the decodings: "greedy" is 2.2x faster on CPU, 0.023 lower Jaccard
+DECODING_CHOICES = {
+    "expected-jaccard": {},
+    "greedy": dict(decoding="likeliest", span_candidates=1, last_candidates=1),
+}
+
+
 def make_extractor(model: str, registry=None, device: str = "auto", token_budget: int | None = None,
-                   progress: bool = False):
+                   progress: bool = False, decoding: str = "expected-jaccard"):
     """The extractor behind a model name: 'full-text-baseline', 'default', 'promoted' or a directory."""
+    if decoding not in DECODING_CHOICES:
+        raise ValueError(f"unknown decoding {decoding!r}; choose one of {', '.join(DECODING_CHOICES)}")
     if model == "full-text-baseline":
         return FullTextExtractor()
     from .model import load_model
 
-    return SpanExtractor(load_model(model, registry), device=device, token_budget=token_budget, progress=progress)
+    return SpanExtractor(load_model(model, registry), device=device, token_budget=token_budget, progress=progress,
+                         **DECODING_CHOICES[decoding])

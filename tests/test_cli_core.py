@@ -115,6 +115,39 @@ def test_evaluate_json_with_predicted_sentiment(cli_trained, labeled_csv):
     assert 0.0 <= figures["predicted_sentiment"]["jaccard"] <= 1.0
 
 
+@pytest.mark.parametrize("decoding, settings", [
+    ("expected-jaccard", {}),
+    ("greedy", dict(decoding="likeliest", span_candidates=1, last_candidates=1)),
+])
+def test_evaluate_decoding_choice_is_the_extractor_it_names(cli_trained, labeled_csv, decoding, settings):
+    from span_jobs.data import read_labeled
+    from span_jobs.evaluate import evaluate_model
+    from span_jobs.extract import SpanExtractor
+    from span_jobs.model import load_model_dir
+
+    out, _ = cli_trained
+    result = invoke("evaluate", "--model", out, "--data", labeled_csv, "--json", "--device", "cpu",
+                    "--decoding", decoding)
+    assert result.exit_code == 0, result.output
+    direct = evaluate_model(SpanExtractor(load_model_dir(out), device="cpu", **settings),
+                            read_labeled(labeled_csv).tweets)
+    assert one_json_object(result.stdout)["per_sentiment"] == direct["per_sentiment"]
+
+
+def test_greedy_and_expected_jaccard_decodings_really_differ(cli_trained, labeled_csv):
+    """Else the test above could not tell whether --decoding reaches the extractor."""
+    out, _ = cli_trained
+    figures = [one_json_object(invoke("evaluate", "--model", out, "--data", labeled_csv, "--json", "--device", "cpu",
+                                      "--decoding", d).stdout) for d in ("greedy", "expected-jaccard")]
+    assert figures[0]["per_sentiment"] != figures[1]["per_sentiment"]
+
+
+def test_unknown_decoding_is_a_usage_error(cli_trained, labeled_csv):
+    out, _ = cli_trained
+    result = invoke("evaluate", "--model", out, "--data", labeled_csv, "--decoding", "beam")
+    assert result.exit_code == 2 and "beam" in result.output  # click's usage error
+
+
 @pytest.mark.parametrize("split", ["validation", "train"])
 def test_evaluate_split(cli_trained, labeled_csv, labeled_frame, split):
     out, _ = cli_trained

@@ -65,6 +65,13 @@ def test_extract_flow_full_text_baseline_and_default_paths(tmp_path, monkeypatch
     assert (tmp_path / "home" / "spans.duckdb").exists()
 
 
+def test_extract_flow_refuses_an_unknown_decoding_before_touching_anything(tmp_path):
+    with pytest.raises(ValueError, match="unknown decoding 'beam'"):
+        extract_spans(inbox=str(tmp_path / "inbox"), database=str(tmp_path / "db.duckdb"),
+                      model="full-text-baseline", decoding="beam")
+    assert not (tmp_path / "db.duckdb").exists()
+
+
 def test_paths_outside_allowed_roots_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("SPAN_JOBS_ROOTS", str(tmp_path / "allowed"))
     with pytest.raises(ValueError, match="outside the allowed roots"):
