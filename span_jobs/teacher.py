@@ -171,7 +171,8 @@ def pretrained_piece_embeddings(tokenizer, dim: int, directory: Path | None = No
     Each piece's text is split by MiniLM's tokenizer (a piece inside a word as "##" continuation)
     and its WordPiece embeddings averaged; PCA brings 384 dimensions down to ``dim``, scaled to
     T5's unit-variance initialisation. Returns (vectors (N, dim), found (N,) bool) for the
-    ``tokenizer.sp`` pieces; control, byte and label/lexicon pieces keep their random start.
+    ``tokenizer.sp`` pieces; control, byte and lexicon pieces (``<lex+>``) keep their random start,
+    and the label pieces get the words' own embeddings ("positive", "negative", "neutral").
     """
     directory = directory or teacher_base_dir()
     wordpiece = AutoTokenizer.from_pretrained(directory, local_files_only=True)
