@@ -24,7 +24,7 @@ import torch
 
 from span_jobs.codec import Codec
 from span_jobs.data import read_labeled, split_train_validation
-from span_jobs.extract import SpanExtractor
+from span_jobs.extract import DECODING_CHOICES, SpanExtractor
 from span_jobs.metric import mean_jaccard
 from span_jobs.model import load_model
 from span_jobs.synthetic import synthetic_tweets
@@ -107,7 +107,7 @@ def main() -> None:
     started = time.perf_counter()
     hf_spans, hf_invalid = spans_from_generated(codec, words_list, hf_batched(model, codec, words_list, sentiments))
     results["b"] = (time.perf_counter() - started, hf_spans, hf_invalid)
-    greedy = SpanExtractor(loaded, device="cpu", decoding="likeliest", span_candidates=1, last_candidates=1)
+    greedy = SpanExtractor(loaded, device="cpu", **DECODING_CHOICES["greedy"])
     started = time.perf_counter()
     greedy_spans = [r.span for r in greedy.extract(texts, sentiments)]
     results["c"] = (time.perf_counter() - started, greedy_spans, 0)

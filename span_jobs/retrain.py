@@ -16,7 +16,7 @@ from .data import read_labeled
 from .evaluate import evaluate_model
 from .extract import FullTextExtractor, SpanExtractor
 from .errors import ModelError
-from .model import default_model_dir, default_model_ships, load_model_dir, new_version, resolve_model_dir
+from .model import load_model_dir, new_version, resolve_model_dir
 from .registry import Registry
 from .store import connect, ensure_schema
 from .train import TrainConfig, train, training_split
@@ -69,8 +69,10 @@ def retrain(data_path: str | Path, config: TrainConfig, registry_root: str | Pat
     baseline = evaluate_model(FullTextExtractor(), validation)["jaccard"]
 
     # the model in service: the champion, or the shipped default while nothing has been promoted
-    champion_record = registry.champion()
-    serving = champion_record["path"] if champion_record else (default_model_dir() if default_model_ships() else None)
+    try:
+        serving = registry.champion_dir()
+    except ModelError:  # nothing promoted and no default shipped
+        serving = None
     champion_version = champion_jaccard = None
     if serving is not None:
         champion = SpanExtractor(load_model_dir(serving), device=device)
