@@ -71,7 +71,7 @@ def new_version(prefix: str = "m") -> str:
 
 
 def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0, dropout: float = 0.1,
-                pointer: bool = True) -> T5ForConditionalGeneration:
+                pointer: str | None = "word") -> T5ForConditionalGeneration:
     """A randomly initialised T5 of a named size whose vocabulary fits the tokenizer."""
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -100,21 +100,52 @@ def encode(model: T5ForConditionalGeneration, input_ids: torch.Tensor, attention
     return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+def word_states(encoded: torch.Tensor, attention_mask: torch.Tensor, marker_mask: torch.Tensor,
+                input_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each word's encoder state: the mean over its marker, its pieces and its lexicon piece.
+
+    Returns (states (B, W, d), the word's marker id (B, W), present (B, W)) for W = the most words
+    in a row. A position belongs to the nearest marker before it; the prefix, eos and padding to none.
+    """
+    word = marker_mask.long().cumsum(-1) - 1  # (B, T): word number of each position, -1 before the first
+    member = (word >= 0) & attention_mask.bool() & (input_ids != eos_id)
+    n_words = max(1, int(marker_mask.sum(-1).max()))
+    slot = word.clamp_min(0)
+    weights = member.to(encoded.dtype)
+    sums = encoded.new_zeros(encoded.shape[0], n_words, encoded.shape[-1])
+    sums.scatter_add_(1, slot[:, :, None].expand_as(encoded), encoded * weights[:, :, None])
+    counts = encoded.new_zeros(encoded.shape[0], n_words).scatter_add_(1, slot, weights)
+    # only a word's marker position carries a nonzero id; empty slots keep 0 and are not present
+    marker_ids = torch.zeros_like(counts, dtype=input_ids.dtype).scatter_reduce(
+        1, slot, torch.where(marker_mask, input_ids, 0), reduce="amax")
+    present = counts > 0
+    return sums / counts.clamp_min(1)[:, :, None], marker_ids, present
+
+
 def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
                 marker_mask: torch.Tensor, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
     """Decoder logits (B, S, V); with ``config.span_pointer`` each marker's logit also gets a pointer term.
 
     T5's tied output row of marker <m3> is a fixed embedding that says "word 3" and nothing about
     the word, so plain T5 learns where spans usually start (word 0) rather than which words carry
-    sentiment. The pointer term is the decoder state's dot product with the encoder's state *at*
-    that marker, which does know the word and its neighbours: pointer-network copying, no new
-    weights. encoded: (B, T, d) encoder output; marker_mask: (B, T) true where input_ids is a marker.
+    sentiment. The pointer term is the decoder state's dot product with the encoder's state of the
+    word: pointer-network copying, no new weights. ``"word"`` (the default) pools the states of
+    the word's marker, pieces and lexicon piece (word_states); ``true`` (models trained before it)
+    takes the marker's state alone, which a probe found to know little about the word after it.
+    encoded: (B, T, d) encoder output; marker_mask: (B, T) true where input_ids is a marker.
     """
     hidden = model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoded,
                                  encoder_attention_mask=attention_mask).last_hidden_state  # (B, S, d)
     scaled = hidden * model.config.d_model**-0.5
     logits = model.lm_head(scaled if model.config.scale_decoder_outputs else hidden)
-    if getattr(model.config, "span_pointer", False):
+    pointer = getattr(model.config, "span_pointer", None)
+    if pointer == "word":
+        states, marker_ids, present = word_states(encoded, attention_mask, marker_mask, input_ids,
+                                                  model.config.eos_token_id)
+        content = (scaled @ states.transpose(1, 2)) * present[:, None, :]  # (B, S, W)
+        index = marker_ids[:, None, :].expand(-1, hidden.shape[1], -1)
+        logits = logits.scatter_add(-1, index, content.to(logits.dtype))
+    elif pointer:
         content = (scaled @ encoded.transpose(1, 2)) * marker_mask[:, None, :]  # (B, S, T), zero off markers
         index = input_ids[:, None, :].expand(-1, hidden.shape[1], -1)
         logits = logits.scatter_add(-1, index, content.to(logits.dtype))

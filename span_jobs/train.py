@@ -19,7 +19,8 @@ from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation
 from .evaluate import evaluate_model
 from .errors import TrainingError
 from .extract import SpanExtractor, pick_device
-from .model import LoadedModel, ModelMetadata, build_model, encode, load_model, new_version, save_model, span_logits
+from .model import (LoadedModel, ModelMetadata, build_model, encode, load_model, new_version, save_model, span_logits,
+                    word_states)
 from .tokenizer import N_SENTINELS, train_tokenizer
 from .words import locate_selection
 
@@ -37,7 +38,7 @@ class TrainConfig:
     lr: float = 1e-3  # high for a from-scratch T5; use ~3e-4 when fine-tuning a trained model
     weight_decay: float = 0.01
     pretrained_embeddings: bool = False  # start piece embeddings from MiniLM's (needs span-jobs[teacher])
-    pointer: bool = True  # marker logits also point at the encoder's states (model.span_logits)
+    pointer: str | None = "word"  # marker logits also point at the word's encoder state (model.span_logits)
     dropout: float = 0.1  # T5's default; raise it when the model memorises the training pointers
     warmup_fraction: float = 0.06  # linear warm-up then linear decay to zero
     clip_norm: float = 1.0
@@ -128,23 +129,23 @@ def distillation_loss(logits: torch.Tensor, batch: list[Example], marker_ids: to
     return torch.cat(losses).mean() if losses else None
 
 
-def state_loss(encoded: torch.Tensor, marker_numbers: torch.Tensor, batch: list[Example],
+def state_loss(states: torch.Tensor, present: torch.Tensor, batch: list[Example],
                projection: torch.nn.Module) -> torch.Tensor | None:
-    """1 - cosine between the student's encoder state at each word marker (projected) and the
-    teacher's state at that word, averaged over words; None if no row has teacher states.
+    """1 - cosine between the student's state of each word (projected) and the teacher's state at
+    that word, averaged over words; None if no row has teacher states.
 
     Matching a pretrained encoder's contextual word states hands the T5 what 22k tweets cannot
     teach it alone: what words mean in context (the idea of TinyBERT's and MiniLM's distillation).
-    encoded: (B, T, d); marker_numbers: (B, T) marker number at each position, -1 elsewhere.
+    states, present: the student's word states (B, W, d) and which slots hold a word (model.word_states).
     """
     rows = [i for i, e in enumerate(batch) if e.teacher_states is not None]
     if not rows:
         return None
-    index = torch.tensor(rows, device=encoded.device)
-    numbers = marker_numbers[index]  # (R, T)
-    r, t = (numbers >= 0).nonzero(as_tuple=True)
-    student = projection(encoded[index][r, t])  # (words, H), in (row, position) order = (row, word) order
-    target = torch.cat([batch[i].teacher_states[: int((numbers[j] >= 0).sum())] for j, i in enumerate(rows)])
+    index = torch.tensor(rows, device=states.device)
+    r, w = present[index].nonzero(as_tuple=True)
+    student = projection(states[index][r, w])  # (words, H), in (row, word) order
+    counts = present[index].sum(-1).tolist()
+    target = torch.cat([batch[i].teacher_states[:n] for n, i in zip(counts, rows)])
     target = target.to(device=student.device, dtype=student.dtype)
     known = target.abs().sum(-1) > 0  # words the teacher did not see are zero
     if not known.any():
@@ -283,8 +284,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                 attention_mask = inputs.attention_mask.to(device)
                 labels = labels.to(device)
                 encoded = encode(model, input_ids, attention_mask)
-                logits = span_logits(model, encoded, attention_mask, marker_index[input_ids] >= 0, input_ids,
-                                     model._shift_right(labels))
+                marker_mask = marker_index[input_ids] >= 0
+                logits = span_logits(model, encoded, attention_mask, marker_mask, input_ids, model._shift_right(labels))
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                                          ignore_index=-100)
                 if soft is not None:
@@ -292,7 +293,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                     if distilled is not None:
                         loss = (1 - config.distill_weight) * loss + config.distill_weight * distilled
                 if projection is not None:
-                    matched = state_loss(encoded, marker_index[input_ids], batch, projection)
+                    states, _, present = word_states(encoded, attention_mask, marker_mask, input_ids, tokenizer.eos_id)
+                    matched = state_loss(states, present, batch, projection)
                     if matched is not None:
                         loss = loss + config.state_weight * matched
             if not torch.isfinite(loss):

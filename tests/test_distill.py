@@ -7,6 +7,7 @@ import torch
 
 from span_jobs.codec import Codec
 from span_jobs.data import LabeledTweet
+from span_jobs.model import word_states
 from span_jobs.teacher import SoftSpan
 from span_jobs.tokenizer import N_SENTINELS
 from span_jobs.train import distillation_loss, make_examples, state_loss
@@ -44,7 +45,7 @@ def test_distillation_loss_is_the_cross_entropy_over_allowed_markers(tokenizer):
     assert distillation_loss(logits, examples[1:], marker_ids) is None
 
 
-def test_state_loss_matches_each_word_marker_with_the_teachers_state_of_that_word(tokenizer):
+def test_state_loss_matches_each_words_pooled_state_with_the_teachers_state_of_that_word(tokenizer):
     codec = Codec(tokenizer)
     tweets = [LabeledTweet("t1", "so very happy today", "happy today", "positive"),
               LabeledTweet("t2", "sad", "sad", "negative")]
@@ -54,25 +55,53 @@ def test_state_loss_matches_each_word_marker_with_the_teachers_state_of_that_wor
     soft = {t: SoftSpan(torch.ones(len(s)) / len(s), torch.ones(len(s)) / len(s), s) for t, s in states.items()}
     examples = make_examples(codec, tweets, sentiment_task=True, soft=soft)
     batch = codec.pad([e.input_ids for e in examples])
-    numbers = codec.marker_index[batch.input_ids]
     d_model = 5
     encoded = torch.randn(len(examples), batch.input_ids.shape[1], d_model, requires_grad=True)
     projection = torch.nn.Linear(d_model, hidden)
-    loss = state_loss(encoded, numbers, examples, projection)
+    pooled, _, present = word_states(encoded, batch.attention_mask, codec.marker_index[batch.input_ids] >= 0,
+                                     batch.input_ids, tokenizer.eos_id)
+    loss = state_loss(pooled, present, examples, projection)
 
     expected = []
     for row, tweet in [(0, "t1"), (2, "t2")]:  # rows 1 and 3 are sentiment examples: no markers, no states
+        ids = batch.input_ids[row].tolist()
         for word in range(len(states[tweet])):
             if states[tweet][word].abs().sum() == 0:
                 continue
-            position = (batch.input_ids[row] == tokenizer.marker_id(word)).nonzero().item()
-            student = projection(encoded[row, position])
+            student = projection(encoded[row, word_positions(ids, word, tokenizer)].mean(0))
             expected.append(1 - torch.nn.functional.cosine_similarity(student, states[tweet][word], dim=0))
     assert len(expected) == 4
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
     loss.backward()
     assert encoded.grad[1].abs().sum() == 0 and encoded.grad[0].abs().sum() > 0
-    assert state_loss(encoded, numbers, examples[1:2], projection) is None
+    assert state_loss(pooled, present, examples[1:2], projection) is None
+
+
+def word_positions(ids: list[int], word: int, tokenizer) -> list[int]:
+    """Positions of a word's marker and of everything up to the next marker or eos, read off the ids."""
+    start = ids.index(tokenizer.marker_id(word))
+    end = start + 1
+    while ids[end] != tokenizer.eos_id and ids[end] != tokenizer.marker_id(word + 1):
+        end += 1
+    return list(range(start, end))
+
+
+def test_word_states_pool_each_words_positions_and_name_its_marker(tokenizer):
+    codec = Codec(tokenizer)
+    rows = [codec.span_input(codec.words("so very happy today :)"), "positive"),
+            codec.span_input(codec.words("ugh"), "negative"), codec.sentiment_input(codec.words("fine"))]
+    batch = codec.pad(rows)
+    encoded = torch.randn(3, batch.input_ids.shape[1], 4)
+    pooled, marker_ids, present = word_states(encoded, batch.attention_mask, codec.marker_index[batch.input_ids] >= 0,
+                                              batch.input_ids, tokenizer.eos_id)
+    assert present.tolist() == [[True] * 5, [True] + [False] * 4, [False] * 5]
+    for row, n_words in [(0, 5), (1, 1)]:
+        ids = batch.input_ids[row].tolist()
+        for word in range(n_words):
+            positions = word_positions(ids, word, tokenizer)
+            assert len(positions) >= 2  # the marker and at least one piece
+            assert torch.allclose(pooled[row, word], encoded[row, positions].mean(0), atol=1e-6)
+            assert marker_ids[row, word] == tokenizer.marker_id(word)
 
 
 def test_sentiment_rows_learn_the_teachers_label_distribution(tokenizer):

@@ -382,11 +382,11 @@ def test_unknown_decoding_is_refused(trained_model_dir):
         SpanExtractor(load_model_dir(trained_model_dir), device="cpu", decoding="beam")
 
 
-@pytest.mark.parametrize("pointer", [True, False])
-def test_pointer_adds_the_encoder_state_at_each_marker_and_nothing_else(tokenizer, pointer):
+@pytest.mark.parametrize("pointer", ["word", True, None])
+def test_pointer_adds_the_encoder_state_of_each_word_and_nothing_else(tokenizer, pointer):
     model = build_model("tiny", tokenizer, seed=3, pointer=pointer).eval()
     codec = Codec(tokenizer)
-    words = split_words("so happy to see you again", codec.max_words)
+    words = split_words("so happy to see you again :)", codec.max_words)
     ids = torch.tensor([codec.span_input(words, "positive")])
     mask = torch.ones_like(ids)
     start = torch.full((1, 1), model.config.decoder_start_token_id)
@@ -403,7 +403,13 @@ def test_pointer_adds_the_encoder_state_at_each_marker_and_nothing_else(tokenize
         assert torch.allclose(pointed, plain, atol=1e-5)
         return
     positions = [(ids[0] == m).nonzero().item() for m in markers]
-    content = encoded[0, positions] @ hidden * model.config.d_model**-0.5
+    if pointer == "word":  # a word's state: the mean over its marker and the pieces up to the next marker
+        bounds = positions + [len(ids[0]) - 1]  # eos ends the last word
+        states = torch.stack([encoded[0, a:b].mean(0) for a, b in zip(bounds, bounds[1:])])
+        assert all(b - a >= 2 for a, b in zip(bounds, bounds[1:]))
+    else:
+        states = encoded[0, positions]
+    content = states @ hidden * model.config.d_model**-0.5
     assert torch.allclose(pointed[markers] - plain[markers], content, atol=1e-4)
     assert content.abs().max() > 1e-3  # the term is really there
 
