@@ -1,7 +1,8 @@
 """Quality of a model, reproducibly: trains nothing, evaluates, prints the figures issue #4 asks for.
 
   - word-level Jaccard with the sentiment given, overall and per sentiment, on the fixed validation
-    split of a labeled file (tweets the model never trained on), beside the full-text baseline;
+    split of a labeled file (tweets the model never trained on), beside two baselines: the full
+    tweet, and the lexicon rule (the strongest VADER word of the tweet's sign, else the full tweet);
   - end-to-end Jaccard when the model tags the sentiment itself, on the same tweets;
   - sentiment accuracy on the unlabeled file (it carries the true sentiment);
   - CPU inference speed of SpanExtractor on those tweets.
@@ -18,10 +19,28 @@ import torch
 
 from span_jobs.data import LabeledTweet, read_labeled, read_raw, split_train_validation
 from span_jobs.evaluate import evaluate_model, score_predictions
-from span_jobs.extract import FullTextExtractor, SpanExtractor
+from span_jobs.extract import FullTextExtractor, SpanExtractor, SpanResult
+from span_jobs.lexicon import valence
 from span_jobs.model import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets"
+
+
+def lexicon_rule(tweets: list[LabeledTweet]) -> list[SpanResult]:
+    """A model must also beat this: for a positive (negative) tweet the word with the highest (lowest)
+    VADER valence, if any is rated with that sign; the whole tweet otherwise and for neutral ones."""
+    results = []
+    for t in tweets:
+        result = FullTextExtractor().extract([t.text], [t.sentiment])[0]
+        sign = {"positive": 1, "negative": -1}.get(t.sentiment, 0)
+        units = t.text.split()
+        scores = [sign * valence(w) for w in units]
+        if sign and scores and max(scores) > 0:
+            best = units[scores.index(max(scores))]
+            start = t.text.find(best)  # first occurrence: the same word, for the word-level metric
+            result = SpanResult(best, start, start + len(best), t.sentiment, None, True)
+        results.append(result)
+    return results
 
 
 def main() -> None:
@@ -46,13 +65,16 @@ def main() -> None:
     figures = evaluate_model(extractor, tweets, predict_sentiment=True)
     seconds = time.perf_counter() - started  # two passes: sentiment given, then tagged + extracted
     baseline = evaluate_model(FullTextExtractor(), tweets)
-    print(f"\njaccard, sentiment given   {figures['jaccard']:.4f}   (full-text baseline {baseline['jaccard']:.4f})")
+    rule = score_predictions(tweets, lexicon_rule(tweets))
+    print(f"\njaccard, sentiment given   {figures['jaccard']:.4f}   (full text {baseline['jaccard']:.4f}, "
+          f"lexicon rule {rule['jaccard']:.4f})")
     for s, group in figures["per_sentiment"].items():
-        print(f"  {s:<9} {group['jaccard']:.4f}   (baseline {baseline['per_sentiment'][s]['jaccard']:.4f}, n={group['n']})")
+        print(f"  {s:<9} {group['jaccard']:.4f}   (full text {baseline['per_sentiment'][s]['jaccard']:.4f}, "
+              f"lexicon rule {rule['per_sentiment'][s]['jaccard']:.4f}, n={group['n']})")
     print(f"jaccard, sentiment predicted {figures['predicted_sentiment']['jaccard']:.4f}")
     print(f"sentiment accuracy (validation tweets) {figures['sentiment_accuracy']:.4f}")
 
-    result = {"model_version": loaded.version, "validation": figures, "baseline": baseline}
+    result = {"model_version": loaded.version, "validation": figures, "baseline": baseline, "lexicon_rule": rule}
     if args.unlabeled.exists():
         raw = read_raw(args.unlabeled)
         rows = raw[raw["text"].str.strip() != ""]

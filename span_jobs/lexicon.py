@@ -38,21 +38,27 @@ def load_lexicon() -> dict[str, float]:
     return valences
 
 
-def valence_bucket(word: str) -> int | None:
-    """Index into LEXICON_SYMBOLS for a rated word (as written, or lower-cased without edge punctuation)."""
+def valence(word: str) -> float:
+    """A word's VADER valence (-4..4) as written, or lower-cased without edge punctuation; 0 if unrated."""
     lexicon = load_lexicon()
-    valence = lexicon.get(word)  # emoticons such as ":D" are rated as written
-    if valence is None:
+    rated = lexicon.get(word)  # emoticons such as ":D" are rated as written
+    if rated is None:
         lowered = word.lower()
-        valence = lexicon.get(lowered)
-        if valence is None:
-            valence = lexicon.get(_EDGE_PUNCTUATION.sub("", lowered))
-    if not valence:
+        rated = lexicon.get(lowered)
+        if rated is None:
+            rated = lexicon.get(_EDGE_PUNCTUATION.sub("", lowered))
+    return rated or 0.0
+
+
+def valence_bucket(word: str) -> int | None:
+    """Index into LEXICON_SYMBOLS for a rated word."""
+    rated = valence(word)
+    if not rated:
         return None
-    if valence >= STRONG:
+    if rated >= STRONG:
         return 0
-    if valence > 0:
+    if rated > 0:
         return 1
-    if valence > -STRONG:
+    if rated > -STRONG:
         return 2
     return 3
