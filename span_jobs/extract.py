@@ -82,6 +82,7 @@ class SpanExtractor:
         span_candidates: int = 12,
         last_candidates: int = 12,
         decoding: str = "expected-jaccard",
+        mbr_temperature: float | None = None,
         progress: bool = False,
         quantize_int8: bool = False,
     ):
@@ -105,6 +106,12 @@ class SpanExtractor:
         self.decoding = decoding  # see _decode_two_markers
         self.span_candidates = max(1, span_candidates)  # first words tried per tweet
         self.last_candidates = max(1, last_candidates)  # last words kept per first word
+        # how far expected-Jaccard trusts the model's spread; training picks it (train.choose_mbr_temperature)
+        if mbr_temperature is None:
+            mbr_temperature = getattr(loaded.model.config, "span_mbr_temperature", 1.0)
+        self.mbr_temperature = mbr_temperature
+        if not self.mbr_temperature > 0:
+            raise ValueError(f"the expected-Jaccard temperature must be positive, not {self.mbr_temperature}")
         self.progress = progress  # a progress bar per pass, on stderr (the CLI's long commands)
         self._label_ids = torch.tensor(loaded.tokenizer.label_ids, device=self.device)
         self._marker_index = self.codec.marker_index.to(self.device)
@@ -210,24 +217,27 @@ class SpanExtractor:
         if self.decoding == "likeliest":
             choice = joint.argmax(-1, keepdim=True)
         else:
-            expected = expected_jaccard(self._marker_index[first_ids], self._marker_index[last_ids], joint)
+            expected = expected_jaccard(self._marker_index[first_ids], self._marker_index[last_ids], joint,
+                                        self.mbr_temperature)
             choice = expected.argmax(-1, keepdim=True)
         first = self._marker_index[first_ids.gather(1, choice).squeeze(1)]
         last = self._marker_index[last_ids.gather(1, choice).squeeze(1)]
         return first.tolist(), last.tolist()
 
 
-def expected_jaccard(first: torch.Tensor, last: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+def expected_jaccard(first: torch.Tensor, last: torch.Tensor, logp: torch.Tensor,
+                     temperature: float = 1.0) -> torch.Tensor:
     """Each candidate span's Jaccard with the others, weighted by their probability: (B, C).
 
     first, last: (B, C) word numbers of C candidate spans; logp: (B, C) their log-probabilities,
     -inf for impossible candidates, which get -inf here too. Spans are word ranges, so the overlap
-    of two is a difference of indices: no word sets needed.
+    of two is a difference of indices: no word sets needed. A temperature below 1 sharpens the
+    weights toward the likeliest candidates (towards 0 the choice becomes the likeliest span).
     """
     possible = torch.isfinite(logp)
     first = first.clamp_min(0)
     last = torch.maximum(last, first)  # impossible candidates: any valid range, weighted 0 below
-    weight = logp.softmax(-1)  # (B, C), renormalised over the candidates
+    weight = (logp / temperature).softmax(-1)  # (B, C), renormalised over the candidates
     overlap = (torch.minimum(last[:, :, None], last[:, None, :])
                - torch.maximum(first[:, :, None], first[:, None, :]) + 1).clamp_min(0).float()  # (B, C, C)
     length = (last - first + 1).float()

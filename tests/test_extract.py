@@ -368,6 +368,21 @@ def test_expected_jaccard_hedges_where_the_likeliest_span_bets():
     assert logp.argmax().item() == 0 and expected.argmax().item() == 1
 
 
+def test_a_low_temperature_makes_expected_jaccard_pick_the_likeliest_span():
+    first, last = torch.tensor([[0, 3, 3]]), torch.tensor([[0, 3, 4]])
+    logp = torch.tensor([[0.40, 0.35, 0.25]]).log()
+    assert expected_jaccard(first, last, logp).argmax().item() == 1  # hedges (the test above)
+    assert expected_jaccard(first, last, logp, temperature=0.1).argmax().item() == 0
+
+
+def test_the_extractor_takes_the_models_temperature_unless_told_one(trained_model_dir):
+    loaded = load_model_dir(trained_model_dir)
+    assert SpanExtractor(loaded, device="cpu").mbr_temperature == loaded.model.config.span_mbr_temperature
+    assert SpanExtractor(loaded, device="cpu", mbr_temperature=0.3).mbr_temperature == 0.3
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        SpanExtractor(loaded, device="cpu", mbr_temperature=0.0)
+
+
 def test_expected_jaccard_decoding_stays_in_whole_words_and_batch_invariant(trained_model_dir):
     extractor = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", decoding="expected-jaccard",
                               span_candidates=5, last_candidates=5)

@@ -9,7 +9,10 @@ import pytest
 from span_jobs.codec import Codec
 from span_jobs.data import LabeledData, LabeledTweet, is_validation, read_labeled
 from span_jobs.model import METADATA_FILE, WEIGHTS_FILE, load_model_dir
-from span_jobs.train import TRAIN_LOG, TrainConfig, TrainingError, length_bucketed_batches, make_examples, train
+from span_jobs.evaluate import score_predictions
+from span_jobs.extract import SpanExtractor
+from span_jobs.train import (MBR_TEMPERATURES, TRAIN_LOG, TrainConfig, TrainingError, length_bucketed_batches,
+                             make_examples, train)
 
 
 def test_training_writes_a_model_directory(trained):
@@ -59,8 +62,24 @@ def test_training_log_has_one_record_per_epoch(trained):
     assert record["epoch"] == 1
     assert record["step"] > 0
     assert math.isfinite(record["train_loss"]) and record["train_loss"] > 0
-    assert record["jaccard"] == trained.validation["jaccard"]
+    # epochs are scored at the temperature the model starts with (1.0), before training picks its own
+    assert record["jaccard"] == load_model_dir(trained.directory).metadata.training["mbr_temperatures"]["1.0"]
     assert record == trained.history[0]
+
+
+def test_training_picks_the_expected_jaccard_temperature_on_validation(trained, trained_data):
+    loaded = load_model_dir(trained.directory)
+    tried = {float(t): j for t, j in loaded.metadata.training["mbr_temperatures"].items()}
+    assert set(tried) == set(MBR_TEMPERATURES)
+    chosen = loaded.model.config.span_mbr_temperature  # saved in config.json
+    assert tried[chosen] == max(tried.values())
+    assert all(tried[t] < tried[chosen] for t in tried if t > chosen)  # a tie keeps the milder one
+    # the validation figure recorded is what the saved model scores, as any extractor loads it
+    extractor = SpanExtractor(loaded, device="cpu")
+    assert extractor.mbr_temperature == chosen
+    tweets = [t for t in trained_data.tweets if is_validation(t.tweet_id)]
+    figures = score_predictions(tweets, extractor.extract([t.text for t in tweets], [t.sentiment for t in tweets]))
+    assert figures["jaccard"] == pytest.approx(trained.validation["jaccard"]) == pytest.approx(tried[chosen])
 
 
 def test_training_learns_something(trained):
