@@ -97,6 +97,15 @@ def real_labeled() -> Path:
     return REAL_LABELED
 
 
+@pytest.fixture
+def real_unlabeled() -> Path:
+    """The Kaggle test tweets with their true sentiment and no spans, read in place."""
+    path = SHARED_DATA / "unlabeled.csv"
+    if not path.exists():
+        pytest.skip(f"real unlabeled data not present at {path}")
+    return path
+
+
 # ---- tokenizer and models ---------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tokenizer():
