@@ -12,6 +12,7 @@
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -33,12 +34,11 @@ def lexicon_rule(tweets: list[LabeledTweet]) -> list[SpanResult]:
     for t in tweets:
         result = FullTextExtractor().extract([t.text], [t.sentiment])[0]
         sign = {"positive": 1, "negative": -1}.get(t.sentiment, 0)
-        units = t.text.split()
-        scores = [sign * valence(w) for w in units]
+        units = list(re.finditer(r"\S+", t.text))
+        scores = [sign * valence(u.group()) for u in units]
         if sign and scores and max(scores) > 0:
             best = units[scores.index(max(scores))]
-            start = t.text.find(best)  # first occurrence: the same word, for the word-level metric
-            result = SpanResult(best, start, start + len(best), t.sentiment, None, True)
+            result = SpanResult(best.group(), best.start(), best.end(), t.sentiment, None, True)
         results.append(result)
     return results
 

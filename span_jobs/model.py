@@ -70,6 +70,10 @@ def new_version(prefix: str = "m") -> str:
     return f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
 
 
+# config.span_pointer: "word" (pooled word state), True (the marker's state; older models), None/False (none)
+POINTERS = ("word", True, False, None)
+
+
 def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0, dropout: float = 0.1,
                 pointer: str | None = "word") -> T5ForConditionalGeneration:
     """A randomly initialised T5 of a named size whose vocabulary fits the tokenizer."""
@@ -110,16 +114,13 @@ def word_states(encoded: torch.Tensor, attention_mask: torch.Tensor, marker_mask
     word = marker_mask.long().cumsum(-1) - 1  # (B, T): word number of each position, -1 before the first
     member = (word >= 0) & attention_mask.bool() & (input_ids != eos_id)
     n_words = max(1, int(marker_mask.sum(-1).max()))
-    slot = word.clamp_min(0)
-    weights = member.to(encoded.dtype)
-    sums = encoded.new_zeros(encoded.shape[0], n_words, encoded.shape[-1])
-    sums.scatter_add_(1, slot[:, :, None].expand_as(encoded), encoded * weights[:, :, None])
-    counts = encoded.new_zeros(encoded.shape[0], n_words).scatter_add_(1, slot, weights)
-    # only a word's marker position carries a nonzero id; empty slots keep 0 and are not present
-    marker_ids = torch.zeros_like(counts, dtype=input_ids.dtype).scatter_reduce(
-        1, slot, torch.where(marker_mask, input_ids, 0), reduce="amax")
-    present = counts > 0
-    return sums / counts.clamp_min(1)[:, :, None], marker_ids, present
+    numbers = torch.arange(n_words, device=word.device)
+    # (B, W, T) membership: a matmul pools, deterministic on GPU where scatter_add is not
+    belongs = (word[:, None, :] == numbers[None, :, None]) & member[:, None, :]
+    counts = belongs.sum(-1)  # (B, W)
+    states = (belongs.to(encoded.dtype) @ encoded) / counts.clamp_min(1)[:, :, None].to(encoded.dtype)
+    marker_ids = ((belongs & marker_mask[:, None, :]) * input_ids[:, None, :]).sum(-1)  # one marker per word
+    return states, marker_ids, counts > 0
 
 
 def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
@@ -145,7 +146,7 @@ def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attent
         content = (scaled @ states.transpose(1, 2)) * present[:, None, :]  # (B, S, W)
         index = marker_ids[:, None, :].expand(-1, hidden.shape[1], -1)
         logits = logits.scatter_add(-1, index, content.to(logits.dtype))
-    elif pointer:
+    elif pointer is True:
         content = (scaled @ encoded.transpose(1, 2)) * marker_mask[:, None, :]  # (B, S, T), zero off markers
         index = input_ids[:, None, :].expand(-1, hidden.shape[1], -1)
         logits = logits.scatter_add(-1, index, content.to(logits.dtype))
@@ -215,6 +216,9 @@ def load_model_dir(directory: str | Path, dtype: torch.dtype = torch.float32) ->
         )
     except Exception as exc:  # safetensors, transformers and torch each raise their own types here
         raise ModelError(f"{directory}: cannot load the T5 model: {type(exc).__name__}: {exc}") from exc
+    if getattr(model.config, "span_pointer", None) not in POINTERS:
+        raise ModelError(f"{directory}: unknown span_pointer {model.config.span_pointer!r} in config.json; "
+                         f"this version knows {', '.join(map(repr, POINTERS))}")
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ModelError(
             f"{directory}: model vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "

@@ -249,7 +249,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         del teacher
 
     # ---- examples --------------------------------------------------------------------------
-    torch.manual_seed(config.seed)  # what follows draws the same whether a teacher ran before or not
+    torch.manual_seed(config.seed)  # what follows draws the same whether the teacher trained in this run or not
     examples = make_examples(codec, train_tweets, config.sentiment_task, soft)
     if not examples:
         raise TrainingError("no usable training examples")
@@ -349,15 +349,14 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
 
     # ---- decoding: the expected-Jaccard temperature of the kept checkpoint --------------------
     kept = load_model_dir(out_dir)
-    used = getattr(kept.model.config, "span_mbr_temperature", 1.0)  # what the epochs were scored with
     temperature, scores = choose_mbr_temperature(kept, val_tweets, str(device))
     log.info("expected-Jaccard temperature %.1f (validation jaccard by temperature: %s)", temperature,
              ", ".join(f"{t}: {j:.4f}" for t, j in scores.items()))
     kept.model.config.span_mbr_temperature = temperature
     kept.metadata.training["mbr_temperatures"] = {str(t): j for t, j in scores.items()}
-    if temperature != used:
-        figures = validate(kept, val_tweets, str(device), predict_sentiment=config.sentiment_task)
-        kept.metadata.validation = {**kept.metadata.validation, **figures}
+    # scored again as saved: the chosen temperature, and weights rounded to save_dtype
+    figures = validate(kept, val_tweets, str(device), predict_sentiment=config.sentiment_task)
+    kept.metadata.validation = {**kept.metadata.validation, **figures}
     save_model(kept, out_dir, weights_dtype=getattr(torch, config.save_dtype))
     (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))  # save_model starts afresh
     return TrainResult(out_dir, metadata.version, kept.metadata.validation, history)

@@ -244,3 +244,15 @@ def test_bfloat16_weights_halve_the_file_and_load_back_as_float32(tiny_model_dir
     texts = ["so happy with this new phone", "  worst   day ever  ", "ok"]
     spans = [(r.start, r.end) for r in SpanExtractor(back, device="cpu").extract(texts, ["positive", "negative", "neutral"])]
     assert all(0 <= s <= e <= len(t) for (s, e), t in zip(spans, texts))
+
+
+def test_an_unknown_span_pointer_is_refused_at_load(tiny_model_dir, tmp_path):
+    """A typo in config.json must not silently fall back to another pointer."""
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    config = json.loads((directory / "config.json").read_text())
+    assert config["span_pointer"] == "word"
+    config["span_pointer"] = "words"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="unknown span_pointer 'words'"):
+        load_model_dir(directory)

@@ -62,7 +62,7 @@ def test_training_log_has_one_record_per_epoch(trained):
     assert record["epoch"] == 1
     assert record["step"] > 0
     assert math.isfinite(record["train_loss"]) and record["train_loss"] > 0
-    # epochs are scored at the temperature the model starts with (1.0), before training picks its own
+    # a fresh model's epochs are scored at temperature 1.0, before training picks its own
     assert record["jaccard"] == load_model_dir(trained.directory).metadata.training["mbr_temperatures"]["1.0"]
     assert record == trained.history[0]
 
@@ -80,6 +80,19 @@ def test_training_picks_the_expected_jaccard_temperature_on_validation(trained, 
     tweets = [t for t in trained_data.tweets if is_validation(t.tweet_id)]
     figures = score_predictions(tweets, extractor.extract([t.text for t in tweets], [t.sentiment for t in tweets]))
     assert figures["jaccard"] == pytest.approx(trained.validation["jaccard"]) == pytest.approx(tried[chosen])
+
+
+def test_recorded_validation_is_what_the_saved_bf16_weights_score(tmp_path, trained_data):
+    """Epochs are validated on fp32 weights; the figures saved are those of the rounded weights."""
+    config = TrainConfig(preset="tiny", epochs=1, batch_size=32, vocab_size=400, device="cpu", seed=0,
+                         save_dtype="bfloat16")
+    result = train(trained_data, tmp_path / "model", config)
+    loaded = load_model_dir(tmp_path / "model")
+    tweets = [t for t in trained_data.tweets if is_validation(t.tweet_id)]
+    extractor = SpanExtractor(loaded, device="cpu")
+    figures = score_predictions(tweets, extractor.extract([t.text for t in tweets], [t.sentiment for t in tweets]))
+    assert figures["jaccard"] == result.validation["jaccard"] == loaded.metadata.validation["jaccard"]
+    assert json.loads((tmp_path / "model" / METADATA_FILE).read_text())["validation"] == result.validation
 
 
 def test_training_learns_something(trained):
