@@ -104,8 +104,12 @@ def encode(model: T5ForConditionalGeneration, input_ids: torch.Tensor, attention
     return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+# (states (B, K, d), the marker id each state belongs to (B, K), present (B, K)): see pointer_keys
+PointerKeys = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 def word_states(encoded: torch.Tensor, attention_mask: torch.Tensor, marker_mask: torch.Tensor,
-                input_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                input_ids: torch.Tensor, eos_id: int) -> PointerKeys:
     """Each word's encoder state: the mean over its marker, its pieces and its lexicon piece.
 
     Returns (states (B, W, d), the word's marker id (B, W), present (B, W)) for W = the most words
@@ -123,32 +127,40 @@ def word_states(encoded: torch.Tensor, attention_mask: torch.Tensor, marker_mask
     return states, marker_ids, counts > 0
 
 
-def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
-                marker_mask: torch.Tensor, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
-    """Decoder logits (B, S, V); with ``config.span_pointer`` each marker's logit also gets a pointer term.
+def pointer_keys(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
+                 marker_mask: torch.Tensor, input_ids: torch.Tensor) -> PointerKeys | None:
+    """What the pointer term of span_logits points at, by ``config.span_pointer``; None without one.
 
     T5's tied output row of marker <m3> is a fixed embedding that says "word 3" and nothing about
     the word, so plain T5 learns where spans usually start (word 0) rather than which words carry
-    sentiment. The pointer term is the decoder state's dot product with the encoder's state of the
-    word: pointer-network copying, no new weights. ``"word"`` (the default) pools the states of
-    the word's marker, pieces and lexicon piece (word_states); ``true`` (models trained before it)
-    takes the marker's state alone, which a probe found to know little about the word after it.
-    encoded: (B, T, d) encoder output; marker_mask: (B, T) true where input_ids is a marker.
+    sentiment. The pointer term scores a marker by the decoder state's dot product with the
+    encoder's state of its word: pointer-network copying, no new weights. ``"word"`` (the default)
+    pools the states of the word's marker, pieces and lexicon piece (word_states); ``true`` (models
+    trained before it) takes the marker's state alone, which a probe found to know little about the
+    word after it. Computed once per encoded batch: decoding reuses it for every decoder step.
+    """
+    pointer = getattr(model.config, "span_pointer", None)
+    if pointer == "word":
+        return word_states(encoded, attention_mask, marker_mask, input_ids, model.config.eos_token_id)
+    if pointer is True:
+        return encoded, input_ids, marker_mask
+    return None
+
+
+def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
+                decoder_input_ids: torch.Tensor, keys: PointerKeys | None) -> torch.Tensor:
+    """Decoder logits (B, S, V); with pointer keys (pointer_keys) each marker's logit adds its pointer term.
+
+    encoded: (B, T, d) encoder output; keys: (states (B, K, d), marker ids (B, K), present (B, K)).
     """
     hidden = model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoded,
                                  encoder_attention_mask=attention_mask).last_hidden_state  # (B, S, d)
     scaled = hidden * model.config.d_model**-0.5
     logits = model.lm_head(scaled if model.config.scale_decoder_outputs else hidden)
-    pointer = getattr(model.config, "span_pointer", None)
-    if pointer == "word":
-        states, marker_ids, present = word_states(encoded, attention_mask, marker_mask, input_ids,
-                                                  model.config.eos_token_id)
-        content = (scaled @ states.transpose(1, 2)) * present[:, None, :]  # (B, S, W)
+    if keys is not None:
+        states, marker_ids, present = keys
+        content = (scaled @ states.transpose(1, 2)) * present[:, None, :]  # (B, S, K), zero where no word
         index = marker_ids[:, None, :].expand(-1, hidden.shape[1], -1)
-        logits = logits.scatter_add(-1, index, content.to(logits.dtype))
-    elif pointer is True:
-        content = (scaled @ encoded.transpose(1, 2)) * marker_mask[:, None, :]  # (B, S, T), zero off markers
-        index = input_ids[:, None, :].expand(-1, hidden.shape[1], -1)
         logits = logits.scatter_add(-1, index, content.to(logits.dtype))
     return logits
 

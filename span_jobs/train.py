@@ -20,7 +20,7 @@ from .evaluate import evaluate_model
 from .errors import TrainingError
 from .extract import SpanExtractor, pick_device
 from .model import (LoadedModel, ModelMetadata, build_model, encode, load_model, load_model_dir, new_version,
-                    save_model, span_logits, word_states)
+                    pointer_keys, save_model, span_logits, word_states)
 from .tokenizer import N_SENTINELS, train_tokenizer
 from .words import locate_selection
 
@@ -306,7 +306,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                 labels = labels.to(device)
                 encoded = encode(model, input_ids, attention_mask)
                 marker_mask = marker_index[input_ids] >= 0
-                logits = span_logits(model, encoded, attention_mask, marker_mask, input_ids, model._shift_right(labels))
+                keys = pointer_keys(model, encoded, attention_mask, marker_mask, input_ids)
+                logits = span_logits(model, encoded, attention_mask, model._shift_right(labels), keys)
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                                          ignore_index=-100)
                 if soft is not None:
@@ -314,8 +315,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                     if distilled is not None:
                         loss = (1 - config.distill_weight) * loss + config.distill_weight * distilled
                 if projection is not None:
-                    states, _, present = word_states(encoded, attention_mask, marker_mask, input_ids, tokenizer.eos_id)
-                    matched = state_loss(states, present, batch, projection)
+                    words = keys if getattr(model.config, "span_pointer", None) == "word" else word_states(
+                        encoded, attention_mask, marker_mask, input_ids, tokenizer.eos_id)  # pooled once
+                    matched = state_loss(words[0], words[2], batch, projection)
                     if matched is not None:
                         loss = loss + config.state_weight * matched
             if not torch.isfinite(loss):

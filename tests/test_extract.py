@@ -12,7 +12,7 @@ from span_jobs.codec import MAX_PIECES_PER_WORD, Codec, token_budget_batches
 from span_jobs.data import SENTIMENTS
 from span_jobs.extract import FullTextExtractor, SpanExtractor, WordSpanConstraint, annotate, expected_jaccard
 from span_jobs.metric import mean_jaccard
-from span_jobs.model import build_model, encode, load_model_dir, span_logits
+from span_jobs.model import build_model, encode, load_model_dir, pointer_keys, span_logits
 from span_jobs.words import split_words
 
 LONG = " ".join(["i just got home from work and the movie was on"] * 6) + " so sad!!!"  # 67 words
@@ -408,7 +408,8 @@ def test_pointer_adds_the_encoder_state_of_each_word_and_nothing_else(tokenizer,
     with torch.inference_mode():
         plain = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[0, 0]
         encoded = encode(model, ids, mask)
-        pointed = span_logits(model, encoded, mask, codec.marker_index[ids] >= 0, ids, start)[0, 0]
+        keys = pointer_keys(model, encoded, mask, codec.marker_index[ids] >= 0, ids)
+        pointed = span_logits(model, encoded, mask, start, keys)[0, 0]
         hidden = model.get_decoder()(input_ids=start, encoder_hidden_states=encoded).last_hidden_state[0, 0]
     markers = [tokenizer.marker_id(i) for i in range(len(words))]
     others = torch.ones_like(plain, dtype=torch.bool)
@@ -432,8 +433,6 @@ def test_pointer_adds_the_encoder_state_of_each_word_and_nothing_else(tokenizer,
 def test_joint_start_candidates_score_at_least_as_high_as_greedy(trained_model_dir, trained_extractor):
     """k first-word candidates: never a worse log p(first, last) than greedy, spans still whole words,
     and a padded batch still equals each tweet alone."""
-    from span_jobs.model import build_model, encode, load_model_dir, span_logits
-
     joint = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", decoding="likeliest", span_candidates=4)
     sentiments = ["negative", "positive", "neutral"] * (len(VARIED) // 3 + 1)
     sentiments = sentiments[: len(VARIED)]
@@ -456,8 +455,8 @@ def test_joint_start_candidates_score_at_least_as_high_as_greedy(trained_model_d
             target = torch.tensor([[joint.model.config.decoder_start_token_id, codec.tok.marker_id(first)]])
             with torch.inference_mode():
                 encoded = encode(joint.model, ids, torch.ones_like(ids))
-                logits = span_logits(joint.model, encoded, torch.ones_like(ids), codec.marker_index[ids] >= 0, ids,
-                                     target)[0].float()  # (2, V)
+                keys = pointer_keys(joint.model, encoded, torch.ones_like(ids), codec.marker_index[ids] >= 0, ids)
+                logits = span_logits(joint.model, encoded, torch.ones_like(ids), target, keys)[0].float()  # (2, V)
             mask = torch.full_like(logits, float("-inf"))
             mask[0, [codec.tok.marker_id(i) for i in range(len(words))]] = 0
             mask[1, [codec.tok.marker_id(i) for i in range(first, len(words))]] = 0
