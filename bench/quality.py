@@ -30,16 +30,14 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets"
 def lexicon_rule(tweets: list[LabeledTweet]) -> list[SpanResult]:
     """A model must also beat this: for a positive (negative) tweet the word with the highest (lowest)
     VADER valence, if any is rated with that sign; the whole tweet otherwise and for neutral ones."""
-    results = []
-    for t in tweets:
-        result = FullTextExtractor().extract([t.text], [t.sentiment])[0]
+    results = FullTextExtractor().extract([t.text for t in tweets], [t.sentiment for t in tweets])
+    for i, t in enumerate(tweets):
         sign = {"positive": 1, "negative": -1}.get(t.sentiment, 0)
         units = list(re.finditer(r"\S+", t.text))
         scores = [sign * valence(u.group()) for u in units]
         if sign and scores and max(scores) > 0:
             best = units[scores.index(max(scores))]
-            result = SpanResult(best.group(), best.start(), best.end(), t.sentiment, None, True)
-        results.append(result)
+            results[i] = SpanResult(best.group(), best.start(), best.end(), t.sentiment, None, True)
     return results
 
 

@@ -51,7 +51,7 @@ def extract_spans(
     database: DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb]
     model: model directory, 'default', 'promoted' or 'full-text-baseline'
     token_budget: most padded tokens per inference batch [default: 4096 on CPU, 65536 on GPU]
-    decoding: 'expected-jaccard' (best spans) or 'greedy' (2.2x faster on CPU)
+    decoding: 'expected-jaccard' (best spans) or 'greedy' (about 2x faster on CPU)
     """
     logger = get_run_logger()
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
