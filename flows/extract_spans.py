@@ -4,8 +4,6 @@ Extract (find new files) / Transform (stream each through the model) / Load (one
 per file) — the work itself lives in span_jobs.pipeline; this file only orchestrates and reports.
 """
 
-import time
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -22,15 +20,19 @@ def load_extractor(model: str, registry: str | None, device: str, token_budget: 
 
 
 @task(cache_policy=NO_CACHE)
-def find_new_files(inbox: str, database: str, settle_seconds: float) -> list[pipeline.InboxFile]:
-    """Inbox files not yet in the ledger."""
-    return pipeline.discover(inbox, database, settle_seconds)
+def extract_new_files(inbox: str, database: str, extractor, run_id: str, batch_rows: int,
+                      settle_seconds: float) -> pipeline.RunSummary:
+    """Every new inbox file, each claimed, staged and loaded in one transaction (the one extract driver)."""
+    progress = create_progress_artifact(progress=0.0, key="extract-spans-progress",
+                                        description="Share of this run's inbox files finished")
 
+    def report(outcome: pipeline.FileOutcome, finished: int, total: int) -> None:
+        update_progress_artifact(progress, progress=100.0 * finished / total)
 
-@task(cache_policy=NO_CACHE)
-def extract_file(f: pipeline.InboxFile, extractor, database: str, run_id: str, batch_rows: int) -> pipeline.FileOutcome:
-    """Claim, stage and load one file (all of it or none of it)."""
-    return pipeline.process_file(f, extractor, database, run_id, batch_rows)
+    summary = pipeline.run_extract(inbox, database, extractor, run_id, batch_rows, settle_seconds, on_file=report)
+    if not summary.files:
+        update_progress_artifact(progress, progress=100.0)
+    return summary
 
 
 @flow(name="extract-spans", log_prints=True)
@@ -59,39 +61,14 @@ def extract_spans(
     registry = str(settings.checked_path(registry, "registry")) if registry else None
     model = settings.checked_model(model)
     run_id = str(flow_run.get_id() or pipeline.new_run_id())
-    started = time.perf_counter()
 
-    # ---- extract: what is new ----
+    # ---- extract: the model, once for the whole run ----
     extractor = load_extractor(model, registry, device, token_budget, decoding)
-    files = find_new_files(inbox, database, settle_seconds)
-    logger.info("%d new file(s) in %s; model %s", len(files), inbox, extractor.version)
+    logger.info("inbox %s; model %s", inbox, extractor.version)
 
     # ---- transform + load: file by file, each in one transaction ----
-    progress = create_progress_artifact(progress=0.0, key="extract-spans-progress",
-                                        description="Share of this run's inbox files finished")
-    summary = pipeline.RunSummary(run_id, extractor.version)
-    for i, f in enumerate(files, start=1):
-        outcome = extract_file(f, extractor, database, run_id, batch_rows)
-        summary.files.append(outcome)
-        if outcome.status == "failed":
-            logger.warning("%s: file-level error recorded in the ledger: %s", f.path, outcome.error)
-        update_progress_artifact(progress, progress=100.0 * i / len(files))
-    if not files:
-        update_progress_artifact(progress, progress=100.0)
-    summary.seconds = time.perf_counter() - started
-
-    result = {
-        "run_id": run_id,
-        "model_version": summary.model_version,
-        "files_done": summary.count("done"),
-        "files_failed": summary.count("failed"),
-        "files_skipped": summary.count("skipped"),
-        "rows_in": summary.rows_in,
-        "rows_stored": summary.rows_stored,
-        "rows_quarantined": summary.rows_quarantined,
-        "seconds": round(summary.seconds, 2),
-        "tweets_per_second": round(summary.rows_in / summary.seconds, 1) if summary.seconds else 0.0,
-    }
+    summary = extract_new_files(inbox, database, extractor, run_id, batch_rows, settle_seconds)
+    result = summary.totals()
     create_table_artifact(
         key="extract-spans-summary",
         table=[result] + [{"file": o.path, "status": o.status, "rows_in": o.rows_in, "rows_stored": o.rows_stored,

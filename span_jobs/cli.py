@@ -106,8 +106,9 @@ def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_s
 @model_option
 @registry_option
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Labeled CSV/Parquet.")
-@click.option("--split", type=click.Choice(["all", "validation", "train"]), default="all", show_default=True,
-              help="Score every row, or only the fixed validation (or training) share.")
+@click.option("--split", type=click.Choice(["all", "validation", "validation-choice", "validation-report", "train"]), default="all", show_default=True,
+              help="Score every row, or only the fixed validation share (or its choice or report half, or the "
+                   "training share). Settings are fitted on validation-choice: quote validation-report.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Score the first N rows only.")
 @click.option("--predict-sentiment", is_flag=True, help="Also tag sentiment and report accuracy and end-to-end Jaccard.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -120,27 +121,46 @@ def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, a
 
     Example: span-jobs evaluate --model /tmp/m --data labeled.csv --split validation --json
     """
-    from .data import read_labeled, split_train_validation
+    from .data import read_labeled, select_split
     from .evaluate import evaluate_model
     from .extract import make_extractor
 
-    tweets = read_labeled(data_path).tweets
-    if split != "all":
-        train_part, validation_part = split_train_validation(tweets)
-        tweets = validation_part if split == "validation" else train_part
+    tweets = select_split(read_labeled(data_path).tweets, split)
     tweets = tweets[:limit] if limit else tweets
     extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, progress=True,
                                decoding=decoding)
-    figures = evaluate_model(extractor, tweets, predict_sentiment=predict_sentiment)
+    figures = {"split": split, **evaluate_model(extractor, tweets, predict_sentiment=predict_sentiment)}
     if as_json:
         click.echo(json.dumps(figures))
         return
-    click.echo(f"model {figures['model_version']}: jaccard {figures['jaccard']:.4f} on {figures['n']} tweets")
+    click.echo(f"model {figures['model_version']}: jaccard {figures['jaccard']:.4f} on {figures['n']} tweets "
+               f"(split {split})")
     for sentiment, group in figures["per_sentiment"].items():
         click.echo(f"  {sentiment:<9} {group['jaccard']:.4f}  (n={group['n']})")
     if "sentiment_accuracy" in figures:
         click.echo(f"sentiment accuracy {figures['sentiment_accuracy']:.4f}; "
                    f"jaccard with predicted sentiment {figures['predicted_sentiment']['jaccard']:.4f}")
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The model directory to calibrate (changed in place: config.json and span_jobs.json).")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Labeled CSV/Parquet: the data the model was trained on (its fixed validation split is used).")
+@device_option
+def calibrate(model_dir, data_path, device):
+    """Fit a model's sentiment calibration and decision under uncertainty on the choice half of validation.
+
+    Training does this itself; use it for a model trained before, or a local Hugging Face T5.
+    Prints the fit and the figures of the report half, where nothing was fitted.
+
+    Example: span-jobs calibrate --model models/m1 --data labeled.csv
+    """
+    from .calibration import calibrate_model_dir
+    from .data import read_labeled, split_train_validation
+
+    summary = calibrate_model_dir(model_dir, split_train_validation(read_labeled(data_path).tweets)[1], device)
+    click.echo(json.dumps(summary))
 
 
 @cli.command()
@@ -153,7 +173,7 @@ def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, a
 @budget_option
 @decoding_option
 def predict(model_spec, registry, input_path, output_path, device, token_budget, decoding):
-    """Add sentiment, sentiment_prob, span, span_start, span_end and model_version to a file of tweets.
+    """Add sentiment, sentiment_prob, span, span_start, span_end, span_confidence and model_version to a file.
 
     Example: span-jobs predict --model promoted --input tweets.csv --output spans.parquet
     """
@@ -259,7 +279,13 @@ def report(database, out):
 @click.option("--database", type=click.Path(path_type=Path), default=None,
               help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def query(sql, database, fmt):
+@click.option("--max-rows", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Print at most this many rows; a note on stderr says when more were cut.")
+@click.option("--timeout", "timeout_seconds", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Interrupt the query after this many seconds.")
+@click.option("--wait", "wait_seconds", default=600.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long to wait for a writer's lock on the database before giving up.")
+def query(sql, database, fmt, max_rows, timeout_seconds, wait_seconds):
     """Run one read-only SQL statement on the spans database (no writes, no attach, no file access).
 
     Example: span-jobs query "select sentiment, count(*) as tweets from spans group by sentiment"
@@ -269,7 +295,12 @@ def query(sql, database, fmt):
     from . import settings
     from .store import run_query
 
-    names, rows = run_query(settings.checked_path(database or settings.default_database(), "database"), sql)
+    def tell(message: str) -> None:
+        click.echo(f"waiting: {message}", err=True)
+
+    result = run_query(settings.checked_path(database or settings.default_database(), "database"), sql,
+                       max_rows=max_rows, timeout_seconds=timeout_seconds, wait_seconds=wait_seconds, on_wait=tell)
+    names, rows = result.names, result.rows
     if fmt == "json":
         for row in rows:
             click.echo(json.dumps(dict(zip(names, row)), default=str, ensure_ascii=False))
@@ -283,6 +314,8 @@ def query(sql, database, fmt):
         for row in rows:
             click.echo("  ".join(str(v)[:w].ljust(w) for v, w in zip(row, widths)))
         click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    if result.is_truncated:
+        click.echo(f"note: only the first {max_rows} rows are shown; raise --max-rows or add a limit", err=True)
 
 
 @cli.command()

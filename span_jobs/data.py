@@ -135,12 +135,43 @@ def is_validation(tweet_id: str, percent: int = 10) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < percent
 
 
+def validation_part(tweet_id: str) -> str:
+    """Which fixed half of the validation split a tweet is in: "choice" (where temperatures and decision
+    parameters are fitted) or "report" (where figures are reported). Another hash than is_validation's,
+    so the halves are independent of the split itself."""
+    digest = hashlib.sha256(tweet_id.encode("utf-8", "surrogatepass")).digest()
+    return VALIDATION_PARTS[int.from_bytes(digest[8:16], "big") % 2]
+
+
+VALIDATION_PARTS = ("choice", "report")
+
+
+def split_validation_parts(tweets: list[LabeledTweet]) -> tuple[list[LabeledTweet], list[LabeledTweet]]:
+    """(choice, report) halves of validation tweets, fixed by id hash."""
+    return ([t for t in tweets if validation_part(t.tweet_id) == "choice"],
+            [t for t in tweets if validation_part(t.tweet_id) == "report"])
+
+
 def split_train_validation(
     tweets: list[LabeledTweet], percent: int = 10
 ) -> tuple[list[LabeledTweet], list[LabeledTweet]]:
     train = [t for t in tweets if not is_validation(t.tweet_id, percent)]
     validation = [t for t in tweets if is_validation(t.tweet_id, percent)]
     return train, validation
+
+
+def select_split(tweets: list[LabeledTweet], split: str, percent: int = 10) -> list[LabeledTweet]:
+    """The tweets of a named split: all, train, validation, validation-choice or validation-report."""
+    if split == "all":
+        return tweets
+    train, validation = split_train_validation(tweets, percent)
+    parts = {"train": train, "validation": validation}
+    if split.startswith("validation-"):
+        choice, report = split_validation_parts(validation)
+        parts.update({"validation-choice": choice, "validation-report": report})
+    if split not in parts:
+        raise ValueError(f"unknown split {split!r}")
+    return parts[split]
 
 
 def read_raw(path: str | Path, id_column: str = "id") -> pd.DataFrame:

@@ -21,9 +21,27 @@ class SpanResult:
     span: str  # always text[start:end]
     start: int
     end: int
-    sentiment: str
-    sentiment_prob: float | None  # None when the sentiment was given
+    sentiment: str  # the given label, or the tagger's most likely one
+    sentiment_prob: float | None  # calibrated P(sentiment); None when the sentiment was given
     sentiment_given: bool
+    # expected word Jaccard of the span under the model's own distribution (sentiment and span);
+    # None where no model chose it (the full-text baseline)
+    span_confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpanCandidates:
+    """C candidate spans per tweet, as word numbers, with their log-probabilities: all (N, C).
+
+    Unused slots (tweets with fewer words than candidates) have logp -inf.
+    """
+
+    first: torch.Tensor
+    last: torch.Tensor
+    logp: torch.Tensor
+
+    def rows(self, index: slice | torch.Tensor) -> "SpanCandidates":
+        return SpanCandidates(self.first[index], self.last[index], self.logp[index])
 
 
 DECODINGS = ("expected-jaccard", "likeliest")
@@ -103,7 +121,7 @@ class SpanExtractor:
         self.max_batch_size = max_batch_size
         if decoding not in DECODINGS:
             raise ValueError(f"unknown decoding {decoding!r}; choose one of {', '.join(DECODINGS)}")
-        self.decoding = decoding  # see _decode_two_markers
+        self.decoding = decoding  # see choose_span
         self.span_candidates = max(1, span_candidates)  # first words tried per tweet
         self.last_candidates = max(1, last_candidates)  # last words kept per first word
         # how far expected-Jaccard trusts the model's spread; training picks it (train.choose_mbr_temperature)
@@ -112,11 +130,20 @@ class SpanExtractor:
         self.mbr_temperature = mbr_temperature
         if not self.mbr_temperature > 0:
             raise ValueError(f"the expected-Jaccard temperature must be positive, not {self.mbr_temperature}")
+        # calibration, fitted on validation (calibration.fit_decision) and saved in config.json; a model
+        # saved before it gets the identity: its raw sentiment softmax, its decoding's expected Jaccard
+        config = loaded.model.config
+        self.sentiment_logit_scale = torch.tensor(getattr(config, "sentiment_logit_scale", [1.0] * 3))
+        self.sentiment_logit_bias = torch.tensor(getattr(config, "sentiment_logit_bias", [0.0] * 3))
+        self.confidence_temperature = float(getattr(config, "confidence_temperature", self.mbr_temperature))
+        self.confidence_scale = torch.tensor(getattr(config, "confidence_scale", [1.0] * 3))
         self.progress = progress  # a progress bar per pass, on stderr (the CLI's long commands)
         self._label_ids = torch.tensor(loaded.tokenizer.label_ids, device=self.device)
         self._marker_index = self.codec.marker_index.to(self.device)
 
     def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]:
+        """One result per text. A given sentiment is used as it is; a missing one is tagged, and the span
+        is then chosen under the calibrated sentiment distribution (choose_span_under_uncertainty)."""
         sentiments = list(sentiments) if sentiments is not None else [None] * len(texts)
         if len(sentiments) != len(texts):
             raise ValueError("texts and sentiments differ in length")
@@ -124,30 +151,53 @@ class SpanExtractor:
             if s is not None and s not in SENTIMENTS:
                 raise ValueError(f"unknown sentiment {s!r}; expected one of {', '.join(SENTIMENTS)} or None")
         words = [self.codec.words(t) for t in texts]
+        # a tweet with no words has the empty span, and Jaccard(empty, empty) = 1
+        spans: dict[int, tuple[int, int, float]] = {i: (0, 0, 1.0) for i, w in enumerate(words) if not len(w)}
+        given = [i for i, s in enumerate(sentiments) if s is not None and len(words[i])]
         missing = [i for i, s in enumerate(sentiments) if s is None]
         probs: dict[int, float] = {}
         try:  # the one error boundary: say what failed, then let the caller decide
             if missing:
-                labels, label_probs = self.tag_sentiment([words[i] for i in missing])
-                for i, label, prob in zip(missing, labels, label_probs):
-                    sentiments[i] = label
-                    probs[i] = prob
-            spans = self._spans(words, sentiments)
+                distribution = self.sentiment_distribution([words[i] for i in missing])  # (M, 3)
+                best_p, best = distribution.max(-1)
+                for i, b, p in zip(missing, best.tolist(), best_p.tolist()):
+                    sentiments[i], probs[i] = SENTIMENTS[b], p
+                tagged = [(row, i) for row, i in enumerate(missing) if len(words[i])]
+                distribution = distribution[[row for row, _ in tagged]]
+                missing = [i for _, i in tagged]
+            # one decoding pass: given rows under their label, tagged rows under both polarities
+            labels = [sentiments[i] for i in given] + ["negative"] * len(missing) + ["positive"] * len(missing)
+            candidates = self.candidate_spans([words[i] for i in (given + missing + missing)], labels)
+            n_given, n_missing = len(given), len(missing)
+            if given:
+                scale = self.confidence_scale[[SENTIMENTS.index(sentiments[i]) for i in given]]
+                chosen = choose_span(candidates.rows(slice(0, n_given)), self.mbr_temperature,
+                                     self.decoding == "likeliest", self.confidence_temperature, scale)
+                spans.update(zip(given, zip(*chosen)))
+            if missing:
+                n_words = torch.tensor([len(words[i]) for i in missing])
+                negative = candidates.rows(slice(n_given, n_given + n_missing))
+                positive = candidates.rows(slice(n_given + n_missing, None))
+                scale = (float(self.confidence_scale[0]), float(self.confidence_scale[2]))
+                chosen = choose_span_under_uncertainty(negative, positive, n_words, distribution,
+                                                       self.confidence_temperature, scale)
+                spans.update(zip(missing, zip(*chosen)))
         except Exception:
             log.exception("model %s failed on a batch of %d tweets on %s", self.version, len(texts), self.device)
             raise
         results = []
-        for i, (w, (first, last)) in enumerate(zip(words, spans)):
+        for i, w in enumerate(words):
+            first, last, confidence = spans[i]
             start, end = w.span(first, last) if len(w) else (0, 0)
-            results.append(SpanResult(w.text[start:end], start, end, sentiments[i], probs.get(i), i not in probs))
+            results.append(SpanResult(w.text[start:end], start, end, sentiments[i], probs.get(i), i not in probs,
+                                      confidence))
         return results
 
     @torch.inference_mode()
-    def tag_sentiment(self, words: list[Words]) -> tuple[list[str], list[float]]:
-        """The most likely label of each tweet and its probability among the three labels."""
+    def sentiment_logits(self, words: list[Words]) -> torch.Tensor:
+        """The model's logits of the three labels at the first decoder step, uncalibrated: (N, 3) on CPU."""
         inputs = [self.codec.sentiment_input(w) for w in words]
-        labels: list[str] = [""] * len(inputs)
-        probs: list[float] = [0.0] * len(inputs)
+        out = torch.zeros((len(inputs), len(SENTIMENTS)))
         batches = token_budget_batches([len(x) for x in inputs], self.token_budget, self.max_batch_size)
         for rows in tqdm(batches, desc="tagging sentiment", unit="batch", disable=not self.progress, leave=False):
             batch = self.codec.pad([inputs[i] for i in rows])
@@ -157,38 +207,36 @@ class SpanExtractor:
                 attention_mask=batch.attention_mask.to(self.device),
                 decoder_input_ids=start,
             ).logits[:, 0, :]  # (B, V)
-            p = logits.float()[:, self._label_ids].softmax(-1)  # (B, 3)
-            best_p, best = p.max(-1)
-            for row, b, bp in zip(rows, best.tolist(), best_p.tolist()):
-                labels[row], probs[row] = SENTIMENTS[b], bp
-        return labels, probs
+            out[torch.tensor(rows)] = logits.float()[:, self._label_ids].cpu()
+        return out
+
+    def sentiment_distribution(self, words: list[Words]) -> torch.Tensor:
+        """Calibrated P(negative, neutral, positive) of each tweet: (N, 3) on CPU (the model's vector scaling)."""
+        return calibrated_sentiment(self.sentiment_logits(words), self.sentiment_logit_scale, self.sentiment_logit_bias)
 
     @torch.inference_mode()
-    def _spans(self, words: list[Words], sentiments: list[str]) -> list[tuple[int, int]]:
-        """(first, last) word of each tweet's span, decoded under the word-span constraint."""
-        spans = [(0, 0)] * len(words)
-        todo = [i for i, w in enumerate(words) if len(w)]  # a tweet with no words has the empty span
-        inputs = {i: self.codec.span_input(words[i], sentiments[i]) for i in todo}
-        lengths = [len(inputs[i]) for i in todo]
-        batches = token_budget_batches(lengths, self.token_budget, self.max_batch_size)
+    def candidate_spans(self, words: list[Words], sentiments: list[str]) -> SpanCandidates:
+        """The top first words x their top last words of each tweet under its sentiment, with
+        log p(first) + log p(last | first): (N, k*L) on CPU. Every tweet must have a word."""
+        width = self.span_candidates * self.last_candidates
+        first = torch.zeros((len(words), width), dtype=torch.long)
+        last = torch.zeros((len(words), width), dtype=torch.long)
+        logp = torch.full((len(words), width), float("-inf"))
+        inputs = [self.codec.span_input(w, s) for w, s in zip(words, sentiments)]
+        batches = token_budget_batches([len(x) for x in inputs], self.token_budget, self.max_batch_size)
         for rows in tqdm(batches, desc="extracting spans", unit="batch", disable=not self.progress, leave=False):
-            ids = [todo[r] for r in rows]
-            batch = self.codec.pad([inputs[i] for i in ids])
-            n_words = torch.tensor([len(words[i]) for i in ids])
-            first, last = self._decode_two_markers(batch, n_words)
-            for i, f, l in zip(ids, first, last):
-                spans[i] = (f, l)
-        return spans
+            batch = self.codec.pad([inputs[i] for i in rows])
+            n_words = torch.tensor([len(words[i]) for i in rows])
+            f, l, p = self._decode_two_markers(batch, n_words)
+            index = torch.tensor(rows)
+            first[index, : f.shape[1]], last[index, : f.shape[1]], logp[index, : f.shape[1]] = f, l, p
+        return SpanCandidates(first, last, logp)
 
-    def _decode_two_markers(self, batch, n_words: torch.Tensor) -> tuple[list[int], list[int]]:
-        """(first, last) marker of each row, chosen among the top-k first words x their top-L last words.
+    def _decode_two_markers(self, batch, n_words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate (first, last) words of each row, the top-k first words x their top-L last words,
+        with log p(first) + log p(last | first): each (B, k*L), on CPU; impossible pairs have -inf.
 
-        "likeliest" takes the candidate with the highest log p(first) + log p(last | first);
-        with k = L = 1 that is greedy decoding. "expected-jaccard" takes the candidate whose word
-        Jaccard, averaged over all candidates weighted by the model's own probabilities, is highest:
-        the minimum-Bayes-risk choice for the metric the task is scored on. When the model is unsure
-        where a span starts it hedges with a span that overlaps the likely ones, where greedy
-        decoding bets on the single likeliest start. The encoder runs once; the decoder k times.
+        The encoder runs once; the decoder k times per row.
         """
         input_ids = batch.input_ids.to(self.device)
         attention_mask = batch.attention_mask.to(self.device)
@@ -215,15 +263,98 @@ class SpanExtractor:
         joint = (top_logp.reshape(-1, 1) + last_logp).view(rows, -1)  # (B, k*L); impossible pairs -inf
         first_ids = top_first[:, :, None].expand(-1, -1, top_last).reshape(rows, -1)
         last_ids = last.view(rows, -1)
-        if self.decoding == "likeliest":
-            choice = joint.argmax(-1, keepdim=True)
-        else:
-            expected = expected_jaccard(self._marker_index[first_ids], self._marker_index[last_ids], joint,
-                                        self.mbr_temperature)
-            choice = expected.argmax(-1, keepdim=True)
-        first = self._marker_index[first_ids.gather(1, choice).squeeze(1)]
-        last = self._marker_index[last_ids.gather(1, choice).squeeze(1)]
-        return first.tolist(), last.tolist()
+        first_words = self._marker_index[first_ids].clamp_min(0)
+        last_words = self._marker_index[last_ids].clamp_min(0)
+        return first_words.cpu(), last_words.cpu(), joint.cpu()
+
+
+def calibrated_sentiment(logits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Vector scaling (Guo et al. 2017): softmax(logits * scale + bias) per label; (N, 3) -> (N, 3)."""
+    return (logits * scale + bias).softmax(-1)
+
+
+def choose_span(candidates: SpanCandidates, temperature: float, likeliest: bool = False,
+                confidence_temperature: float | None = None, confidence_scale: torch.Tensor | None = None,
+                rows_per_chunk: int = 256) -> tuple[list[int], list[int], list[float]]:
+    """(first, last, confidence) of each row's chosen span, the sentiment given.
+
+    Expected-Jaccard decoding takes the candidate whose word Jaccard, averaged over all candidates
+    weighted by the model's own probabilities (sharpened by the temperature), is highest: the
+    minimum-Bayes-risk choice for the metric the task is scored on. When the model is unsure where a
+    span starts it hedges with a span that overlaps the likely ones. ``likeliest`` takes the highest
+    log p(first) + log p(last | first) instead (with one candidate each, greedy decoding).
+
+    The confidence is the chosen span's expected Jaccard under the calibrated span distribution:
+    the candidates at ``confidence_temperature``, times ``confidence_scale`` (B,), which corrects
+    the model's over-confidence (calibration.fit_decision); by default the decoding's own.
+    """
+    confidence_temperature = confidence_temperature or temperature
+    firsts, lasts, confidences = [], [], []
+    for chunk in range(0, candidates.first.shape[0], rows_per_chunk):  # (B, C, C) overlaps stay small
+        rows = slice(chunk, chunk + rows_per_chunk)
+        c = candidates.rows(rows)
+        expected = expected_jaccard(c.first, c.last, c.logp, temperature)  # (B, C)
+        choice = (c.logp if likeliest else expected).argmax(-1, keepdim=True)
+        if confidence_temperature != temperature:
+            expected = expected_jaccard(c.first, c.last, c.logp, confidence_temperature)
+        confidence = expected.gather(1, choice).squeeze(1)
+        if confidence_scale is not None:
+            confidence = (confidence * confidence_scale[rows]).clamp(0.0, 1.0)
+        firsts += c.first.gather(1, choice).squeeze(1).tolist()
+        lasts += c.last.gather(1, choice).squeeze(1).tolist()
+        confidences += confidence.tolist()
+    return firsts, lasts, confidences
+
+
+def choose_span_under_uncertainty(negative: SpanCandidates, positive: SpanCandidates, n_words: torch.Tensor,
+                                  sentiment: torch.Tensor, temperature: float,
+                                  scale: tuple[float, float] = (1.0, 1.0),
+                                  rows_per_chunk: int = 64) -> tuple[list[int], list[int], list[float]]:
+    """(first, last, expected Jaccard) of each row's span when its sentiment is not given.
+
+    The gold span is a draw from a mixture: with P(neutral) the whole tweet (neutral spans are the
+    tweet), with P(negative) / P(positive) a span from that polarity's candidate distribution at the
+    temperature. The chosen span is the candidate, among both polarities' candidates and the whole
+    tweet, with the highest expected Jaccard under that mixture; a misread neutral tweet costs ~0.7
+    when answered with a short span, a misread polarity little, and this weighs both. ``scale``
+    (negative, positive) corrects each polarity's expected Jaccard for the model's over-confidence
+    (observed / expected Jaccard on validation, calibration.fit_decision): without it a short
+    polarity span looks safer than it is.
+
+    negative, positive: (B, C) candidates; n_words: (B,); sentiment: (B, 3) calibrated probabilities.
+    """
+    firsts, lasts, confidences = [], [], []
+    for chunk in range(0, n_words.shape[0], rows_per_chunk):
+        rows = slice(chunk, chunk + rows_per_chunk)
+        neg, pos, n, p = negative.rows(rows), positive.rows(rows), n_words[rows], sentiment[rows]
+        whole_first, whole_last = torch.zeros_like(n)[:, None], (n - 1)[:, None]  # (B, 1)
+        first = torch.cat([neg.first, pos.first, whole_first], dim=1)  # (B, 2C+1): every candidate
+        last = torch.cat([neg.last, pos.last, whole_last], dim=1)
+        possible = torch.cat([neg.logp, pos.logp, torch.zeros_like(whole_first, dtype=neg.logp.dtype)], dim=1).isfinite()
+        expected = p[:, 1:2] * pair_jaccard(first, last, whole_first, whole_last)[:, :, 0]  # (B, 2C+1)
+        for label, component, factor in ((0, neg, scale[0]), (2, pos, scale[1])):
+            weight = (component.logp / temperature).softmax(-1)  # (B, C)
+            overlap = pair_jaccard(first, last, component.first, component.last) @ weight[:, :, None]
+            expected = expected + p[:, label : label + 1] * factor * overlap[:, :, 0]
+        expected = expected.masked_fill(~possible, float("-inf"))
+        best, choice = expected.max(-1, keepdim=True)
+        firsts += first.gather(1, choice).squeeze(1).tolist()
+        lasts += last.gather(1, choice).squeeze(1).tolist()
+        confidences += best.squeeze(1).clamp(0.0, 1.0).tolist()
+    return firsts, lasts, confidences
+
+
+def pair_jaccard(first_a: torch.Tensor, last_a: torch.Tensor, first_b: torch.Tensor, last_b: torch.Tensor) -> torch.Tensor:
+    """Word Jaccard of every span a with every span b of the same row: (B, A), (B, Bn) -> (B, A, Bn).
+
+    Spans are word ranges, so the overlap of two is a difference of indices: no word sets needed.
+    A span whose last word is before its first is taken as its first word alone.
+    """
+    last_a, last_b = torch.maximum(last_a, first_a), torch.maximum(last_b, first_b)
+    overlap = (torch.minimum(last_a[:, :, None], last_b[:, None, :])
+               - torch.maximum(first_a[:, :, None], first_b[:, None, :]) + 1).clamp_min(0).float()
+    length_a, length_b = (last_a - first_a + 1).float(), (last_b - first_b + 1).float()
+    return overlap / (length_a[:, :, None] + length_b[:, None, :] - overlap)
 
 
 def expected_jaccard(first: torch.Tensor, last: torch.Tensor, logp: torch.Tensor,
@@ -231,19 +362,13 @@ def expected_jaccard(first: torch.Tensor, last: torch.Tensor, logp: torch.Tensor
     """Each candidate span's Jaccard with the others, weighted by their probability: (B, C).
 
     first, last: (B, C) word numbers of C candidate spans; logp: (B, C) their log-probabilities,
-    -inf for impossible candidates, which get -inf here too. Spans are word ranges, so the overlap
-    of two is a difference of indices: no word sets needed. A temperature below 1 sharpens the
+    -inf for impossible candidates, which get -inf here too. A temperature below 1 sharpens the
     weights toward the likeliest candidates (towards 0 the choice becomes the likeliest span).
     """
     possible = torch.isfinite(logp)
     first = first.clamp_min(0)
-    last = torch.maximum(last, first)  # impossible candidates: any valid range, weighted 0 below
     weight = (logp / temperature).softmax(-1)  # (B, C), renormalised over the candidates
-    overlap = (torch.minimum(last[:, :, None], last[:, None, :])
-               - torch.maximum(first[:, :, None], first[:, None, :]) + 1).clamp_min(0).float()  # (B, C, C)
-    length = (last - first + 1).float()
-    jaccard = overlap / (length[:, :, None] + length[:, None, :] - overlap)
-    expected = (jaccard @ weight[:, :, None]).squeeze(-1)
+    expected = (pair_jaccard(first, last, first, last) @ weight[:, :, None]).squeeze(-1)
     return expected.masked_fill(~possible, float("-inf"))
 
 
@@ -269,7 +394,7 @@ class FullTextExtractor:
 
 
 def annotate(extractor, texts: Sequence[str], sentiments: Sequence[str | None]) -> dict[str, list]:
-    """Prediction columns for a table of tweets: sentiment, its probability, span and offsets, model version."""
+    """Prediction columns for a table of tweets: sentiment, its probability, span, offsets, confidence, model version."""
     results = extractor.extract(list(texts), list(sentiments))
     return {
         "sentiment": [r.sentiment for r in results],
@@ -278,6 +403,7 @@ def annotate(extractor, texts: Sequence[str], sentiments: Sequence[str | None]) 
         "span": [r.span for r in results],
         "span_start": [r.start for r in results],
         "span_end": [r.end for r in results],
+        "span_confidence": [r.span_confidence for r in results],
         "model_version": [extractor.version] * len(results),
     }
 

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +41,7 @@ STAGED_SCHEMA = pa.schema([
     ("source_row", pa.int64()), ("tweet_id", pa.string()), ("text", pa.string()), ("sentiment", pa.string()),
     ("is_sentiment_given", pa.bool_()), ("sentiment_prob", pa.float64()), ("span", pa.string()),
     ("span_start", pa.int32()), ("span_end", pa.int32()), ("tweet_created_at", pa.string()),
-    ("extra_columns", pa.string()),
+    ("extra_columns", pa.string()), ("span_confidence", pa.float64()),
 ])
 QUARANTINE_SCHEMA = pa.schema([
     ("source_row", pa.int64()), ("tweet_id", pa.string()), ("text", pa.string()),
@@ -108,6 +108,21 @@ class RunSummary:
     @property
     def rows_in(self) -> int:
         return sum(f.rows_in for f in self.files)
+
+    def totals(self) -> dict:
+        """The run in one flat record: counts of files and rows, time and throughput."""
+        return {
+            "run_id": self.run_id,
+            "model_version": self.model_version,
+            "files_done": self.count("done"),
+            "files_failed": self.count("failed"),
+            "files_skipped": self.count("skipped"),
+            "rows_in": self.rows_in,
+            "rows_stored": self.rows_stored,
+            "rows_quarantined": self.rows_quarantined,
+            "seconds": round(self.seconds, 2),
+            "tweets_per_second": round(self.rows_in / self.seconds, 1) if self.seconds else 0.0,
+        }
 
 
 def new_run_id() -> str:
@@ -343,6 +358,7 @@ def stage_file(f: InboxFile, extractor, spans_path: Path, quarantine_path: Path,
                 [r.end for r in results],
                 [created[i] for i in good],
                 [extra[i] for i in good] if extra is not None else [None] * len(good),
+                [r.span_confidence for r in results],
             ], schema=STAGED_SCHEMA))
     return rows_read, model_seconds
 
@@ -388,10 +404,11 @@ select $source_file, source_row, tweet_id, left(text, $text_chars),
 from staged
 where copy_number > 1 or stored_in is not null;
 
-insert into spans
+insert into spans by name
 select tweet_id, text, sentiment, is_sentiment_given, sentiment_prob, span, span_start, span_end,
-       $model_version, $source_file, source_row, $run_id, $now,
-       try_cast(tweet_created_at as timestamptz), cast(extra_columns as json)
+       $model_version as model_version, $source_file as source_file, source_row, $run_id as run_id,
+       $now as processed_at, try_cast(tweet_created_at as timestamptz) as tweet_created_at,
+       cast(extra_columns as json) as extra_columns, span_confidence
 from staged
 where copy_number = 1 and stored_in is null;
 """
@@ -509,16 +526,23 @@ def process_file(f: InboxFile, extractor, database: str | Path, run_id: str,
 
 
 def run_extract(inbox: str | Path, database: str | Path, extractor, run_id: str | None = None,
-                batch_rows: int = 4096, settle_seconds: float = 0.0, max_chars: int = MAX_TEXT_CHARS) -> RunSummary:
+                batch_rows: int = 4096, settle_seconds: float = 0.0, max_chars: int = MAX_TEXT_CHARS,
+                on_file: Callable[[FileOutcome, int, int], None] | None = None) -> RunSummary:
     """Process every new inbox file with one extractor (one model version for the whole run).
 
-    The extract-spans flow runs the same steps as Prefect tasks, one per file.
+    The one extract driver: `span-jobs extract` and the extract-spans flow both run it.
+    ``on_file(outcome, files finished, files in this run)`` is called after each file (progress).
     """
     started = time.perf_counter()
     summary = RunSummary(run_id or new_run_id(), extractor.version)
     files = discover(inbox, database, settle_seconds)
     log.info("run %s: %d new file(s) in %s, model %s", summary.run_id, len(files), inbox, extractor.version)
-    for f in files:
-        summary.files.append(process_file(f, extractor, database, summary.run_id, batch_rows, max_chars))
+    for i, f in enumerate(files, start=1):
+        outcome = process_file(f, extractor, database, summary.run_id, batch_rows, max_chars)
+        if outcome.status == "failed":
+            log.warning("%s: file-level error recorded in the ledger: %s", f.path, outcome.error)
+        summary.files.append(outcome)
+        if on_file is not None:
+            on_file(outcome, i, len(files))
     summary.seconds = time.perf_counter() - started
     return summary

@@ -41,6 +41,7 @@ def collect(database: str | Path) -> dict[str, pd.DataFrame]:
             ).df(),
             "sentiment_mix_by_day": con.execute("select * from sentiment_mix_by_day").df(),
             "top_phrases_by_sentiment": con.execute("select * from top_phrases_by_sentiment").df(),
+            "span_confidence_by_day": con.execute("select * from span_confidence_by_day").df(),
             "model_history": con.execute("select * from model_history").df(),
             "quarantine_reasons": con.execute("select * from quarantine_reasons").df(),
             "file_status": con.execute("select * from file_status limit 50").df(),

@@ -15,12 +15,13 @@ import torch
 from tqdm import tqdm
 
 from .codec import Codec
-from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation
+from .calibration import calibrate
+from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation, split_validation_parts
 from .evaluate import evaluate_model
 from .errors import TrainingError
 from .extract import SpanExtractor, pick_device
-from .model import (LoadedModel, ModelMetadata, build_model, encode, load_model, load_model_dir, new_version,
-                    pointer_keys, save_model, span_logits, word_states)
+from .model import (LoadedModel, ModelMetadata, build_model, check_writable_model_dir, encode, load_model,
+                    load_model_dir, new_version, pointer_keys, save_model, span_logits, word_states)
 from .tokenizer import N_SENTINELS, train_tokenizer
 from .words import locate_selection
 
@@ -190,7 +191,7 @@ MBR_TEMPERATURES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 
 
 def choose_mbr_temperature(loaded: LoadedModel, tweets: list[LabeledTweet], device: str) -> tuple[float, dict]:
-    """The expected-Jaccard temperature with the best validation Jaccard (sentiment given), and each one's.
+    """The expected-Jaccard temperature with the best Jaccard on these tweets (sentiment given), and each one's.
 
     The last-word probabilities are learned after the gold first word only; after a wrong first
     word they are guesses, which a temperature of 1 weighs in full. How much to sharpen differs by
@@ -207,6 +208,7 @@ def choose_mbr_temperature(loaded: LoadedModel, tweets: list[LabeledTweet], devi
 def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: str = "") -> TrainResult:
     started = time.monotonic()
     out_dir = Path(out_dir)
+    check_writable_model_dir(out_dir)  # before hours of training, not after
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
@@ -215,7 +217,11 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     train_tweets, val_tweets = training_split(data.tweets, config)
     if not train_tweets or not val_tweets:
         raise TrainingError(f"need both training and validation tweets; got {len(train_tweets)} and {len(val_tweets)}")
-    log.info("training on %d tweets, validating on %d", len(train_tweets), len(val_tweets))
+    # settings (epoch, temperatures, calibration) are chosen on one fixed half, figures quoted on the other
+    choice_part, report_tweets = split_validation_parts(val_tweets)
+    choice_tweets = choice_part or val_tweets  # a smoke run whose few validation tweets all fell in one part
+    log.info("training on %d tweets, validating on %d (%d choice, %d report)", len(train_tweets), len(val_tweets),
+             len(choice_tweets), len(report_tweets))
 
     # ---- tokenizer and model: fine-tune a given one, or build fresh ---------------------------
     if config.init_from:
@@ -333,14 +339,15 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         model.eval()
         loaded = LoadedModel(model, tokenizer, metadata)
-        figures = validate(loaded, val_tweets, str(device), predict_sentiment=config.sentiment_task)
+        figures = validate(loaded, choice_tweets, str(device), predict_sentiment=config.sentiment_task)
         record = {"epoch": epoch, "step": step, "train_loss": total_loss / max(1, seen), **figures,
                   "seconds": round(time.monotonic() - started, 1)}
         history.append(record)
-        log.info("epoch %d: loss %.4f, validation jaccard %.4f", epoch, record["train_loss"], figures["jaccard"])
+        log.info("epoch %d: loss %.4f, jaccard %.4f (choice part of validation)", epoch, record["train_loss"],
+                 figures["jaccard"])
         if best is None or figures["jaccard"] > best["jaccard"]:
             best = record
-            metadata.validation = {**figures, "epoch": epoch, "validation_percent": config.validation_percent}
+            metadata.validation = {"epoch": epoch, "validation_percent": config.validation_percent}
             metadata.training["epochs_run"] = epoch
             metadata.training["seconds"] = record["seconds"]
             metadata.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -349,16 +356,24 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))
     assert best is not None
 
-    # ---- decoding: the expected-Jaccard temperature of the kept checkpoint --------------------
+    # ---- decoding and calibration of the kept checkpoint, fitted on the choice part ------------
     kept = load_model_dir(out_dir)
-    temperature, scores = choose_mbr_temperature(kept, val_tweets, str(device))
-    log.info("expected-Jaccard temperature %.1f (validation jaccard by temperature: %s)", temperature,
+    temperature, scores = choose_mbr_temperature(kept, choice_tweets, str(device))
+    log.info("expected-Jaccard temperature %.1f (choice-part jaccard by temperature: %s)", temperature,
              ", ".join(f"{t}: {j:.4f}" for t, j in scores.items()))
     kept.model.config.span_mbr_temperature = temperature
     kept.metadata.training["mbr_temperatures"] = {str(t): j for t, j in scores.items()}
-    # scored again as saved: the chosen temperature, and weights rounded to save_dtype
+    if config.sentiment_task and choice_part and report_tweets:
+        kept.metadata.training["calibration"] = calibrate(kept, val_tweets, str(device))
+    else:
+        log.warning("no calibration: it needs the sentiment task and tweets in both parts of validation")
+    # scored again as saved (the chosen settings, weights rounded to save_dtype): the whole split, which
+    # the retrain gate compares, and the report part, where nothing was chosen (the figures to quote)
     figures = validate(kept, val_tweets, str(device), predict_sentiment=config.sentiment_task)
     kept.metadata.validation = {**kept.metadata.validation, **figures}
+    if report_tweets:
+        kept.metadata.validation["report_part"] = validate(kept, report_tweets, str(device),
+                                                           predict_sentiment=config.sentiment_task)
     save_model(kept, out_dir, weights_dtype=getattr(torch, config.save_dtype))
     (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))  # save_model starts afresh
     return TrainResult(out_dir, metadata.version, kept.metadata.validation, history)

@@ -16,8 +16,11 @@ create table if not exists spans (
     run_id              varchar not null,
     processed_at        timestamptz not null,
     tweet_created_at    timestamptz,       -- the raw tweet's created_at, when it had one
-    extra_columns       json               -- the raw tweet's other columns
+    extra_columns       json,              -- the raw tweet's other columns
+    span_confidence     double             -- the span's expected Jaccard under the model (null: no model)
 );
+-- databases made before span_confidence get it as their last column too (loads insert by name)
+alter table spans add column if not exists span_confidence double;
 
 -- Rows that could not be processed, with the reason. Nothing is dropped silently.
 create table if not exists quarantine (

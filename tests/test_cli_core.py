@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from span_jobs.cli import cli
-from span_jobs.data import SENTIMENTS, is_validation
+from span_jobs.data import SENTIMENTS, is_validation, validation_part
 from span_jobs.model import METADATA_FILE
 from span_jobs.registry import Registry
 
-PREDICTION_COLUMNS = {"sentiment", "sentiment_prob", "span", "span_start", "span_end", "model_version"}
+PREDICTION_COLUMNS = {"sentiment", "sentiment_prob", "span", "span_start", "span_end", "span_confidence", "model_version"}
 
 
 def invoke(*args):
@@ -74,6 +74,36 @@ def test_train_prints_one_json_object_and_writes_the_model(cli_trained, labeled_
     assert metadata["training"]["config"]["limit"] == 80
     assert metadata["training"]["config"]["preset"] == "tiny"
     assert metadata["training"]["command"].startswith("span-jobs")
+
+
+def test_train_refuses_to_replace_a_folder_of_the_users_own_files(tmp_path, labeled_csv):
+    out = tmp_path / "my-documents"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    result = invoke("train", "--data", labeled_csv, "--out", out, "--preset", "tiny", "--epochs", 1,
+                    "--limit", 30, "--vocab-size", 400, "--device", "cpu")
+    assert_one_line_error(result, str(out), "not a span-jobs model directory")
+    assert [p.name for p in out.iterdir()] == ["thesis.txt"]
+    assert (out / "thesis.txt").read_text() == "years of work"
+
+
+def test_saving_over_a_model_directory_with_the_users_files_in_it_is_refused(cli_trained, tmp_path):
+    import shutil
+
+    from span_jobs.errors import ModelError
+    from span_jobs.model import load_model_dir, save_model
+
+    out, _ = cli_trained
+    copy = tmp_path / "model"
+    shutil.copytree(out, copy)
+    (copy / "notes.md").write_text("mine")
+    with pytest.raises(ModelError, match="notes.md"):
+        save_model(load_model_dir(copy), copy)
+    assert (copy / "notes.md").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    (copy / "notes.md").unlink()
+    save_model(load_model_dir(copy), copy)  # our own files only: replaced, atomically
+    assert load_model_dir(copy).version == load_model_dir(out).version
 
 
 def test_train_without_validation_tweets_is_one_error_line(tmp_path, make_rows, save_csv):
@@ -148,15 +178,20 @@ def test_unknown_decoding_is_a_usage_error(cli_trained, labeled_csv):
     assert result.exit_code == 2 and "beam" in result.output  # click's usage error
 
 
-@pytest.mark.parametrize("split", ["validation", "train"])
+@pytest.mark.parametrize("split", ["validation", "validation-choice", "validation-report", "train"])
 def test_evaluate_split(cli_trained, labeled_csv, labeled_frame, split):
     out, _ = cli_trained
     result = invoke("evaluate", "--model", out, "--data", labeled_csv, "--split", split, "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    n_validation = sum(is_validation(i) for i in labeled_frame["textID"])
-    assert 0 < n_validation < len(labeled_frame)
-    expected = n_validation if split == "validation" else len(labeled_frame) - n_validation
-    assert one_json_object(result.stdout)["n"] == expected
+    validation = [i for i in labeled_frame["textID"] if is_validation(i)]
+    assert 0 < len(validation) < len(labeled_frame)
+    expected = {
+        "validation": len(validation), "train": len(labeled_frame) - len(validation),
+        "validation-choice": sum(validation_part(i) == "choice" for i in validation),
+        "validation-report": sum(validation_part(i) == "report" for i in validation),
+    }[split]
+    figures = one_json_object(result.stdout)
+    assert figures["n"] == expected and figures["split"] == split  # says which part the figure is from
 
 
 def test_evaluate_text_report(cli_trained, labeled_csv):

@@ -175,10 +175,13 @@ def test_tagged_sentiment_probability_is_the_softmax_over_three_labels(trained_e
             input_ids=batch.input_ids, attention_mask=batch.attention_mask,
             decoder_input_ids=torch.zeros((1, 1), dtype=torch.long),
         ).logits[0, 0]
-    p = logits[list(codec.tok.label_ids)].softmax(-1)
-    labels, probs = trained_extractor.tag_sentiment([words])
-    assert labels == [SENTIMENTS[int(p.argmax())]]
-    assert probs[0] == pytest.approx(float(p.max()), abs=1e-6)
+    raw = logits[list(codec.tok.label_ids)]
+    assert torch.allclose(trained_extractor.sentiment_logits([words])[0], raw, atol=1e-5)
+    # calibrated: the model's own vector scaling of the three logits (calibration.fit_vector_scaling)
+    p = (raw * trained_extractor.sentiment_logit_scale + trained_extractor.sentiment_logit_bias).softmax(-1)
+    [result] = trained_extractor.extract(["what a great day"], None)
+    assert result.sentiment == SENTIMENTS[int(p.argmax())]
+    assert result.sentiment_prob == pytest.approx(float(p.max()), abs=1e-6)
 
 
 @pytest.mark.parametrize("text", ["", " ", "   \t\n ", "\u3000\u00a0"])
@@ -208,8 +211,9 @@ def test_annotate_columns(trained_extractor):
     texts = ["i love it", "  so sad  ", ""]
     columns = annotate(trained_extractor, texts, [None, "negative", None])
     assert set(columns) == {"sentiment", "is_sentiment_given", "sentiment_prob", "span", "span_start", "span_end",
-                            "model_version"}
+                            "span_confidence", "model_version"}
     assert all(len(v) == 3 for v in columns.values())
+    assert all(0.0 <= c <= 1.0 for c in columns["span_confidence"])
     assert columns["model_version"] == [trained_extractor.version] * 3
     assert columns["is_sentiment_given"] == [False, True, False]
     assert columns["sentiment_prob"][1] is None

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from span_jobs.codec import Codec
-from span_jobs.data import LabeledData, LabeledTweet, is_validation, read_labeled
+from span_jobs.data import LabeledData, LabeledTweet, is_validation, read_labeled, split_validation_parts
 from span_jobs.model import METADATA_FILE, WEIGHTS_FILE, load_model_dir
 from span_jobs.evaluate import score_predictions
 from span_jobs.extract import SpanExtractor
@@ -67,7 +67,7 @@ def test_training_log_has_one_record_per_epoch(trained):
     assert record == trained.history[0]
 
 
-def test_training_picks_the_expected_jaccard_temperature_on_validation(trained, trained_data):
+def test_training_picks_the_expected_jaccard_temperature_on_the_choice_part(trained, trained_data):
     loaded = load_model_dir(trained.directory)
     tried = {float(t): j for t, j in loaded.metadata.training["mbr_temperatures"].items()}
     assert set(tried) == set(MBR_TEMPERATURES)
@@ -78,8 +78,15 @@ def test_training_picks_the_expected_jaccard_temperature_on_validation(trained, 
     extractor = SpanExtractor(loaded, device="cpu")
     assert extractor.mbr_temperature == chosen
     tweets = [t for t in trained_data.tweets if is_validation(t.tweet_id)]
-    figures = score_predictions(tweets, extractor.extract([t.text for t in tweets], [t.sentiment for t in tweets]))
-    assert figures["jaccard"] == pytest.approx(trained.validation["jaccard"]) == pytest.approx(tried[chosen])
+
+    def score(part):
+        return score_predictions(part, extractor.extract([t.text for t in part], [t.sentiment for t in part]))
+
+    assert score(tweets)["jaccard"] == pytest.approx(trained.validation["jaccard"])
+    choice, report = split_validation_parts(tweets)
+    assert choice and report
+    assert score(choice)["jaccard"] == pytest.approx(tried[chosen])  # chosen there...
+    assert score(report)["jaccard"] == pytest.approx(trained.validation["report_part"]["jaccard"])  # ...quoted here
 
 
 def test_recorded_validation_is_what_the_saved_bf16_weights_score(tmp_path, trained_data):
