@@ -17,7 +17,7 @@ from span_jobs.train import TrainConfig
 
 @flow(name="retrain-model")
 def retrain_model(
-    data: str,
+    data: str | None = None,
     registry: str | None = None,
     database: str | None = None,
     preset: str = "small",
@@ -32,11 +32,13 @@ def retrain_model(
 ) -> dict:
     """Retrain on labeled data (a CSV/Parquet file or a directory) and promote only on strict improvement.
 
+    data: labeled CSV/Parquet file or directory [default: $SPAN_JOBS_HOME/labeled]
+
     init_from: None for a fresh model of `preset`, 'promoted' to fine-tune the champion, or a local
     Hugging Face T5 directory.
     """
     logger = get_run_logger()
-    data = str(settings.checked_path(data, "data"))
+    data = str(settings.checked_path(data or settings.default_labeled(), "data"))
     registry = str(settings.checked_path(registry or settings.registry_root(), "registry"))
     database = str(settings.checked_path(database or settings.default_database(), "database"))
     init_from = settings.checked_model(init_from) if init_from else None

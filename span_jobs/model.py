@@ -178,13 +178,36 @@ def use_fused_gelu(model: T5ForConditionalGeneration) -> T5ForConditionalGenerat
     return model
 
 
+def check_writable_model_dir(directory: str | Path) -> None:
+    """Refuse to write a model over anything but nothing, an empty directory or a span-jobs model directory.
+
+    A model is saved by swapping the whole directory, so writing over a folder of the user's own
+    files would delete them. Called before training starts, so a refusal costs no training time.
+    """
+    directory = Path(directory)
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: exists and is not a directory; choose another output directory")
+    if any(directory.iterdir()) and not (directory / METADATA_FILE).is_file():
+        raise ModelError(f"{directory}: not empty and not a span-jobs model directory (no {METADATA_FILE}); "
+                         "refusing to replace it: choose a new or empty output directory")
+
+
+# files a model directory may hold besides what save_pretrained and the tokenizer write
+KEPT_BESIDE_MODEL = frozenset({"train_log.jsonl"})
+
+
 def save_model(loaded: LoadedModel, directory: str | Path, weights_dtype: torch.dtype | None = None) -> Path:
     """Write the model directory atomically: into a temporary sibling, then rename.
 
-    Weights go out as safetensors only; a reader never sees a half-written directory.
+    Weights go out as safetensors only; a reader never sees a half-written directory, and there is
+    never a moment with no model there. Only a span-jobs model directory is replaced, and only if it
+    holds nothing but what a save writes: anything else in it is the user's, and the save is refused.
     ``weights_dtype=torch.bfloat16`` halves the file (the shipped default model); loading casts back.
     """
     directory = Path(directory)
+    check_writable_model_dir(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -200,6 +223,11 @@ def save_model(loaded: LoadedModel, directory: str | Path, weights_dtype: torch.
     loaded.tokenizer.save(staging)
     (staging / METADATA_FILE).write_text(json.dumps(loaded.metadata.__dict__, indent=2, default=str) + "\n")
     if directory.exists():
+        foreign = sorted({p.name for p in directory.iterdir()} - {p.name for p in staging.iterdir()} - KEPT_BESIDE_MODEL)
+        if foreign:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelError(f"{directory}: holds files a model save does not write ({', '.join(foreign[:5])}); "
+                             "refusing to replace it: move them or choose another output directory")
         retired = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         os.replace(directory, retired)
         os.replace(staging, directory)

@@ -23,6 +23,11 @@ def default_inbox() -> Path:
     return home() / "inbox"
 
 
+def default_labeled() -> Path:
+    """Where labeled data for retraining lives unless given: a directory of CSV/Parquet files."""
+    return home() / "labeled"
+
+
 def allowed_roots() -> list[Path]:
     """SPAN_JOBS_ROOTS (os.pathsep-separated); empty means no restriction."""
     raw = os.environ.get("SPAN_JOBS_ROOTS", "")

@@ -7,9 +7,12 @@ that finds the file locked waits and retries instead of failing.
 
 import logging
 import random
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import duckdb
@@ -18,9 +21,9 @@ from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA_FILE = "schema.sql"
-REPORT_VIEWS = ("sentiment_mix_by_day", "top_phrases_by_sentiment", "model_history", "file_status", "quarantine_reasons")
+REPORT_VIEWS = ("sentiment_mix_by_day", "top_phrases_by_sentiment", "model_history", "file_status", "quarantine_reasons",
+                "span_confidence_by_day")
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -30,8 +33,12 @@ def _is_lock_error(exc: Exception) -> bool:
 
 @contextmanager
 def connect(path: str | Path, read_only: bool = False, wait_seconds: float = 600.0,
-            memory_limit: str | None = "1GB") -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to the database file, retried while another process holds its lock."""
+            memory_limit: str | None = "1GB", on_wait: Callable[[str], None] | None = None
+            ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the database file, retried while another process holds its lock.
+
+    ``on_wait`` is told once, with the reason, when the first try finds the file locked.
+    """
     path = Path(path)
     if read_only and not path.exists():
         raise StoreError(f"{path}: no such database")
@@ -47,6 +54,9 @@ def connect(path: str | Path, read_only: bool = False, wait_seconds: float = 600
         except duckdb.Error as exc:
             if not _is_lock_error(exc) or time.monotonic() > deadline:
                 raise StoreError(f"{path}: cannot open the database: {exc}") from exc
+            if on_wait is not None and delay == 0.05:
+                on_wait(f"{path} is locked by another process (an extract run writing?); waiting up to "
+                        f"{wait_seconds:.0f} s")
             time.sleep(delay * (0.5 + random.random()))  # jitter: two waiting runs do not retry in step
             delay = min(delay * 2, 2.0)
     try:
@@ -56,7 +66,8 @@ def connect(path: str | Path, read_only: bool = False, wait_seconds: float = 600
 
 
 def sql_text(name: str) -> str:
-    return (SQL_DIR / f"{name}.sql").read_text()
+    """A statement file of sql/, which installs as the data package span_jobs.sql (no checkout needed)."""
+    return files("span_jobs.sql").joinpath(f"{name}.sql").read_text()
 
 
 def ensure_schema(path: str | Path) -> None:
@@ -69,14 +80,37 @@ def ensure_schema(path: str | Path) -> None:
         con.execute("commit")
 
 
-def run_query(path: str | Path, sql: str, params: dict | None = None):
-    """Run one statement on a read-only connection; returns (column names, rows)."""
-    with connect(path, read_only=True) as con:
+@dataclass
+class QueryResult:
+    names: list[str]
+    rows: list[tuple]
+    is_truncated: bool  # more rows than max_rows: only the first max_rows are in rows
+
+
+def run_query(path: str | Path, sql: str, params: dict | None = None, max_rows: int = 10_000,
+              timeout_seconds: float = 60.0, wait_seconds: float = 600.0,
+              on_wait: Callable[[str], None] | None = None) -> QueryResult:
+    """Run one read-only statement; at most ``max_rows`` rows come back, and it is interrupted
+    after ``timeout_seconds`` (the wait for a writer's lock, up to ``wait_seconds``, not counted)."""
+    with connect(path, read_only=True, wait_seconds=wait_seconds, on_wait=on_wait) as con:
         con.execute("set enable_external_access = false")  # no attach, no reading other files
         con.execute("set lock_configuration = true")  # ...and no undoing that from inside the query
         try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc
+        if len(statements) != 1:
+            raise StoreError(f"one statement per query, not {len(statements)}")
+        timer = threading.Timer(timeout_seconds, con.interrupt)  # interrupt() may come from another thread
+        timer.start()
+        try:
             cursor = con.execute(sql, params or {})
+            names = [d[0] for d in cursor.description] if cursor.description else []
+            rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
+        except duckdb.InterruptException as exc:
+            raise StoreError(f"query interrupted after its {timeout_seconds:g} s timeout") from exc
         except duckdb.Error as exc:
             raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc  # one line; no caret art
-        names = [d[0] for d in cursor.description] if cursor.description else []
-        return names, cursor.fetchall()
+        finally:
+            timer.cancel()
+        return QueryResult(names, rows[:max_rows], len(rows) > max_rows)

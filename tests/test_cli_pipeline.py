@@ -66,6 +66,65 @@ def test_query_cannot_write_attach_or_touch_files(database, sql):
     con.close()
 
 
+def test_query_takes_one_statement_per_call(database):
+    result = CliRunner().invoke(cli, ["query", "--database", str(database), "select 1; select 2"])
+    assert result.exit_code == 1 and "one statement per query, not 2" in result.output
+
+
+def test_query_caps_the_rows_and_says_so(database):
+    sql = "select * from range(25000)"
+    capped = CliRunner().invoke(cli, ["query", "--database", str(database), "--format", "csv", sql])
+    assert capped.exit_code == 0
+    assert len(capped.stdout.splitlines()) == 1 + 10_000  # header + the default cap
+    assert "only the first 10000 rows" in capped.stderr
+    raised = CliRunner().invoke(cli, ["query", "--database", str(database), "--format", "csv", "--max-rows",
+                                      "30000", sql])
+    assert len(raised.stdout.splitlines()) == 1 + 25_000 and "only the first" not in raised.stderr
+
+
+def test_query_is_interrupted_at_its_timeout(database):
+    slow = "select count(*) from range(100000000000) as a"
+    started = __import__("time").monotonic()
+    result = CliRunner().invoke(cli, ["query", "--database", str(database), "--timeout", "1", slow])
+    assert result.exit_code == 1 and "interrupted after its 1 s timeout" in result.output
+    assert __import__("time").monotonic() - started < 30
+
+
+def test_query_says_it_waits_while_a_writer_holds_the_database(database):
+    """A writer in another process holds DuckDB's file lock; the query says so, waits, then runs."""
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time\n"
+        f"con = duckdb.connect({str(database)!r})\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(3)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "locked"
+        result = subprocess.run([SPAN_JOBS, "query", "--database", str(database), "select count(*) as n from spans"],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        writer.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "waiting: " in result.stderr and "locked by another process" in result.stderr
+    assert "(1 row)" in result.stdout
+
+
+def test_query_gives_up_waiting_with_one_line(database):
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, time\n"
+        f"con = duckdb.connect({str(database)!r})\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(6)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "locked"
+        result = subprocess.run([SPAN_JOBS, "query", "--database", str(database), "--wait", "1", "select 1"],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ") and "cannot open" in result.stderr
+
+
 def test_query_on_missing_database_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["query", "--database", str(tmp_path / "none.duckdb"), "select 1"])
     assert result.exit_code == 1 and "no such database" in result.output

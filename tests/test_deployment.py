@@ -59,8 +59,9 @@ def prefect_server(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "SPAN_JOBS_HOME": str(tmp_path / "home"), "SPAN_JOBS_REPO": str(REPO),
-           "SPAN_JOBS_LABELED": str(tmp_path / "labeled.csv")}
+           "SPAN_JOBS_HOME": str(tmp_path / "home")}
+    for checkout_variable in ("SPAN_JOBS_REPO", "SPAN_JOBS_LABELED"):  # deployments must not need them
+        env.pop(checkout_variable, None)
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -72,8 +73,8 @@ def prefect_server(tmp_path):
         log.close()
 
 
-def run(args, env, timeout=180):
-    result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run(args, env, timeout=180, cwd=REPO):
+    result = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -86,9 +87,15 @@ def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path,
                    inbox / "a.parquet")
 
     run([PREFECT, "work-pool", "create", "span-jobs", "--type", "process"], env)
-    out = run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
-    for name in ("extract-spans/extract-spans", "retrain-model/retrain-model", "span-report/span-report"):
-        assert name in run([PREFECT, "deployment", "inspect", name], env) or name in out
+    # deployed from outside the checkout, with no variable naming it: the flows come from the package
+    out = run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml")],
+              env, cwd=tmp_path)
+    for name, module in (("extract-spans/extract-spans", "flows.extract_spans.extract_spans"),
+                         ("retrain-model/retrain-model", "flows.retrain.retrain_model"),
+                         ("span-report/span-report", "flows.report.span_report")):
+        inspected = run([PREFECT, "deployment", "inspect", name], env, cwd=tmp_path)
+        assert f"'entrypoint': '{module}'" in inspected, inspected
+        assert "'pull_steps': []" in inspected or "'pull_steps': None" in inspected, inspected
 
     worker_log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "span-jobs"], env=env, cwd=tmp_path,
@@ -99,7 +106,7 @@ def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path,
         watched = subprocess.run(
             [PREFECT, "deployment", "run", "extract-spans/extract-spans", "--params", json.dumps(params),
              "--watch", "--watch-timeout", "300"],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=360)
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=360)
         worker_log.flush()
         assert watched.returncode == 0, watched.stdout + watched.stderr + (tmp_path / "worker.log").read_text()
         assert "Completed" in watched.stdout + watched.stderr
@@ -115,7 +122,7 @@ def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path,
     # new labeled data: the event makes the retrain-model trigger create a run for that file
     labeled = tmp_path / "new-labels.csv"
     labeled.write_text("textID,text,selected_text,sentiment\nx1,so happy,happy,positive\n")
-    run([SPAN_JOBS, "labeled-arrived", str(labeled)], env)
+    run([SPAN_JOBS, "labeled-arrived", str(labeled)], env, cwd=tmp_path)
     assert retrain_run_parameters(env, timeout=90)["data"] == str(labeled.resolve())
 
 

@@ -101,11 +101,15 @@ def test_save_model_replaces_an_existing_directory(tokenizer, tmp_path):
     first = LoadedModel(build_model("tiny", tokenizer, seed=1), tokenizer, ModelMetadata("v1", "t"))
     second = LoadedModel(build_model("tiny", tokenizer, seed=2), tokenizer, ModelMetadata("v2", "t"))
     save_model(first, target)
-    (target / "stale.txt").write_text("from the first save")
+    (target / "train_log.jsonl").write_text("{}\n")  # what training keeps beside the weights
     save_model(second, target)
     assert load_model_dir(target).version == "v2"
-    assert not (target / "stale.txt").exists()
+    assert not (target / "train_log.jsonl").exists()  # the directory was swapped whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    (target / "stale.txt").write_text("a file the user put there")
+    with pytest.raises(ModelError, match="stale.txt"):  # never deleted with the old model
+        save_model(first, target)
+    assert load_model_dir(target).version == "v2" and (target / "stale.txt").exists()
 
 
 def test_load_round_trip_gives_identical_logits(tokenizer, tmp_path):

@@ -1,0 +1,28 @@
+"""What a plain (non-editable) install carries: the default model and the SQL files, quietly.
+
+The deployments import the flows from the installed package, and the store reads its schema
+from it, so a wheel that lacked sql/ or the model would crash every run.
+"""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_carries_the_default_model_and_the_sql_and_builds_without_warnings(tmp_path):
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "-w",
+         str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert build.returncode == 0, build.stdout + build.stderr
+    output = build.stdout + build.stderr
+    assert "absent from the `packages` configuration" not in output, output  # the page make demo printed
+    [wheel] = tmp_path.glob("span_jobs-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for sql in (REPO / "sql").glob("*.sql"):
+        assert f"span_jobs/sql/{sql.name}" in names
+    for model_file in (REPO / "span_jobs" / "default_model").iterdir():
+        assert f"span_jobs/default_model/{model_file.name}" in names
+    assert "flows/extract_spans.py" in names  # the deployments' module-path entrypoints
