@@ -44,10 +44,9 @@ class Tokenizer:
         return self.sp.encode(words)
 
     def save(self, directory: Path) -> None:
+        """spiece.model, and the same tokenizer as plain Hugging Face code loads it (save_hf_tokenizer)."""
         (directory / SPIECE_FILE).write_bytes(self.model_proto)
-        # Names the tokenizer class for Hugging Face's loader (which also needs protobuf to read spiece.model).
-        config = {"tokenizer_class": "T5Tokenizer", "extra_ids": N_SENTINELS, "model_max_length": 512}
-        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_hf_tokenizer(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Tokenizer":
@@ -89,3 +88,39 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, seed_words: It
     except RuntimeError as exc:
         raise TokenizerError(f"tokenizer training failed: {exc}") from exc
     return Tokenizer(buffer.getvalue())
+
+
+def save_hf_tokenizer(directory: str | Path) -> None:
+    """Write tokenizer.json and tokenizer_config.json beside spiece.model, for ``AutoTokenizer``.
+
+    transformers 5 cannot read spiece.model without protobuf (it falls back to a tiktoken reader and
+    fails), and its T5 tokenizer turns byte fallback off, so characters outside the vocabulary
+    (``{``, ``<``, emoji) would become <unk> where the project uses their bytes. So the tokenizer
+    is converted once here, with byte fallback on, and saved as a generic fast tokenizer: plain
+    ``AutoTokenizer.from_pretrained(dir)`` then gives the project's token ids, sentinels included.
+    """
+    import tempfile
+
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import decoders, models
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory() as scratch:  # convert from spiece.model alone, as T5 would
+        (Path(scratch) / SPIECE_FILE).write_bytes((directory / SPIECE_FILE).read_bytes())
+        t5_config = {"tokenizer_class": "T5Tokenizer", "extra_ids": N_SENTINELS, "model_max_length": 512}
+        (Path(scratch) / "tokenizer_config.json").write_text(json.dumps(t5_config))
+        converted = AutoTokenizer.from_pretrained(scratch, local_files_only=True)
+    backend: FastTokenizer = converted.backend_tokenizer
+    vocab = [tuple(entry) for entry in json.loads(backend.to_str())["model"]["vocab"]]
+    backend.model = models.Unigram(vocab, unk_id=converted.unk_token_id, byte_fallback=True)
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="\u2581",
+                                                                                    prepend_scheme="always")])
+    backend.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # tokenizer.json as written, byte fallback kept
+        "model_max_length": 512,
+        "eos_token": converted.eos_token, "pad_token": converted.pad_token, "unk_token": converted.unk_token,
+        "additional_special_tokens": [f"<extra_id_{i}>" for i in range(N_SENTINELS)],
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

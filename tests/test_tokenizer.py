@@ -53,7 +53,8 @@ def test_save_and_load_round_trip(tokenizer, tmp_path):
     tokenizer.save(tmp_path)
     assert (tmp_path / SPIECE_FILE).read_bytes() == tokenizer.model_proto
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    assert config["extra_ids"] == N_SENTINELS
+    assert config["additional_special_tokens"] == [f"<extra_id_{i}>" for i in range(N_SENTINELS)]
+    assert (tmp_path / "tokenizer.json").exists()
     loaded = Tokenizer.load(tmp_path)
     text = "Sooo SAD i will {miss} you 😀"
     assert loaded.sp.encode(text) == tokenizer.sp.encode(text)
@@ -88,3 +89,45 @@ def test_vocabulary_smaller_than_the_byte_pieces_is_a_tokenizer_error():
     # byte fallback alone needs 256 pieces: a named error, not sentencepiece's RuntimeError
     with pytest.raises(TokenizerError, match="tokenizer training failed"):
         train_tokenizer(["a small corpus of words"] * 20, vocab_size=100)
+
+
+def test_a_saved_model_directory_loads_with_plain_transformers_and_gives_our_token_ids(tokenizer, tmp_path):
+    """AutoTokenizer and AutoModelForSeq2SeqLM alone, in a process that has no protobuf (which
+    transformers 5 needs to read spiece.model itself): the project's ids, byte fallback included."""
+    import subprocess
+    import sys
+
+    from span_jobs.model import LoadedModel, ModelMetadata, build_model, save_model
+
+    directory = save_model(LoadedModel(build_model("tiny", tokenizer), tokenizer, ModelMetadata("v", "t")),
+                           tmp_path / "model")
+    text = "so {happy} <3 to see you again :) 😀 naïve"
+    expected = tokenizer.sp.encode(text) + [tokenizer.eos_id]
+    script = (
+        "import sys, json\n"
+        "sys.modules['google'] = sys.modules['google.protobuf'] = None  # no protobuf here\n"
+        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
+        f"tok = AutoTokenizer.from_pretrained({str(directory)!r})\n"
+        f"model = AutoModelForSeq2SeqLM.from_pretrained({str(directory)!r})\n"
+        f"ids = tok({text!r}).input_ids\n"
+        "print(json.dumps({'ids': ids, 'marker': tok.convert_tokens_to_ids('<extra_id_0>'), 'pad': tok.pad_token_id,\n"
+        "                  'vocab': model.config.vocab_size, 'decoded': tok.decode(ids, skip_special_tokens=True)}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["ids"] == expected
+    assert got["marker"] == tokenizer.marker_id(0) and got["pad"] == tokenizer.pad_id
+    assert got["vocab"] == tokenizer.vocab_size
+    assert got["decoded"] == text
+
+
+def test_the_shipped_default_model_loads_with_plain_transformers():
+    from transformers import AutoTokenizer
+
+    from span_jobs.model import DEFAULT_MODEL_DIR
+    from span_jobs.tokenizer import Tokenizer
+
+    text = "How did we just get paid and still be broke as hell?! {sigh}"
+    ours = Tokenizer.load(DEFAULT_MODEL_DIR)
+    assert AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)(text).input_ids == ours.sp.encode(text) + [ours.eos_id]
