@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -90,37 +91,36 @@ def test_query_is_interrupted_at_its_timeout(database):
     assert __import__("time").monotonic() - started < 30
 
 
-def test_query_says_it_waits_while_a_writer_holds_the_database(database):
-    """A writer in another process holds DuckDB's file lock; the query says so, waits, then runs."""
+@contextmanager
+def writer_holding(database, seconds: float):
+    """Another process that opens the database for writing (DuckDB's file lock) and holds it."""
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import duckdb, sys, time\n"
+        "import duckdb, time\n"
         f"con = duckdb.connect({str(database)!r})\n"
         "print('locked', flush=True)\n"
-        "time.sleep(3)\n")], stdout=subprocess.PIPE, text=True)
+        f"time.sleep({seconds})\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_query_says_it_waits_while_a_writer_holds_the_database(database):
+    """A writer in another process holds DuckDB's file lock; the query says so, waits, then runs."""
+    with writer_holding(database, 3):
         result = subprocess.run([SPAN_JOBS, "query", "--database", str(database), "select count(*) as n from spans"],
                                 capture_output=True, text=True, timeout=120)
-    finally:
-        writer.wait(timeout=30)
     assert result.returncode == 0, result.stderr
     assert "waiting: " in result.stderr and "locked by another process" in result.stderr
     assert "(1 row)" in result.stdout
 
 
 def test_query_gives_up_waiting_with_one_line(database):
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import duckdb, time\n"
-        f"con = duckdb.connect({str(database)!r})\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(6)\n")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout.readline().strip() == "locked"
+    with writer_holding(database, 6):
         result = subprocess.run([SPAN_JOBS, "query", "--database", str(database), "--wait", "1", "select 1"],
                                 capture_output=True, text=True, timeout=120)
-    finally:
-        writer.kill()
-        writer.wait()
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("Error: ") and "cannot open" in result.stderr
 
