@@ -88,8 +88,8 @@ def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path,
 
     run([PREFECT, "work-pool", "create", "span-jobs", "--type", "process"], env)
     # deployed from outside the checkout, with no variable naming it: the flows come from the package
-    out = run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml")],
-              env, cwd=tmp_path)
+    run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml")],
+        env, cwd=tmp_path)
     for name, module in (("extract-spans/extract-spans", "flows.extract_spans.extract_spans"),
                          ("retrain-model/retrain-model", "flows.retrain.retrain_model"),
                          ("span-report/span-report", "flows.report.span_report")):
