@@ -106,7 +106,8 @@ def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_s
 @model_option
 @registry_option
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Labeled CSV/Parquet.")
-@click.option("--split", type=click.Choice(["all", "validation", "validation-choice", "validation-report", "train"]), default="all", show_default=True,
+@click.option("--split", type=click.Choice(["all", "validation", "validation-choice", "validation-report", "train"]),
+              default="all", show_default=True,
               help="Score every row, or only the fixed validation share (or its choice or report half, or the "
                    "training share). Settings are fitted on validation-choice: quote validation-report.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Score the first N rows only.")
@@ -157,9 +158,9 @@ def calibrate(model_dir, data_path, device):
     Example: span-jobs calibrate --model models/m1 --data labeled.csv
     """
     from .calibration import calibrate_model_dir
-    from .data import read_labeled, split_train_validation
+    from .data import read_labeled, select_split
 
-    summary = calibrate_model_dir(model_dir, split_train_validation(read_labeled(data_path).tweets)[1], device)
+    summary = calibrate_model_dir(model_dir, select_split(read_labeled(data_path).tweets, "validation"), device)
     click.echo(json.dumps(summary))
 
 

@@ -106,6 +106,24 @@ def test_saving_over_a_model_directory_with_the_users_files_in_it_is_refused(cli
     assert load_model_dir(copy).version == load_model_dir(out).version
 
 
+def test_calibrate_writes_the_fit_into_the_model_directory(cli_trained, labeled_csv, tmp_path):
+    import shutil
+
+    out, _ = cli_trained
+    copy = tmp_path / "model"
+    shutil.copytree(out, copy)
+    weights = (copy / "model.safetensors").read_bytes()
+    result = invoke("calibrate", "--model", copy, "--data", labeled_csv, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    summary = one_json_object(result.stdout)
+    config = json.loads((copy / "config.json").read_text())
+    for key in ("sentiment_logit_scale", "sentiment_logit_bias", "confidence_temperature", "confidence_scale"):
+        assert config[key] == summary[key]
+    assert json.loads((copy / "span_jobs.json").read_text())["training"]["calibration"] == summary
+    assert summary["report_part"]["n"] > 0 and summary["choice_part"]["n"] > 0
+    assert (copy / "model.safetensors").read_bytes() == weights  # only the two JSON files change
+
+
 def test_train_without_validation_tweets_is_one_error_line(tmp_path, make_rows, save_csv):
     rows = [r for r in make_rows(60, seed=8) if not is_validation(r["textID"])][:12]
     path = save_csv(rows, tmp_path / "train-only.csv")
