@@ -21,7 +21,7 @@ def load_extractor(model: str, registry: str | None, device: str, token_budget: 
 
 @task(cache_policy=NO_CACHE)
 def extract_new_files(inbox: str, database: str, extractor, run_id: str, batch_rows: int,
-                      settle_seconds: float) -> pipeline.RunSummary:
+                      settle_seconds: float, max_attempts: int) -> pipeline.RunSummary:
     """Every new inbox file, each claimed, staged and loaded in one transaction (the one extract driver)."""
     progress = create_progress_artifact(progress=0.0, key="extract-spans-progress",
                                         description="Share of this run's inbox files finished")
@@ -29,7 +29,8 @@ def extract_new_files(inbox: str, database: str, extractor, run_id: str, batch_r
     def report(outcome: pipeline.FileOutcome, finished: int, total: int) -> None:
         update_progress_artifact(progress, progress=100.0 * finished / total)
 
-    summary = pipeline.run_extract(inbox, database, extractor, run_id, batch_rows, settle_seconds, on_file=report)
+    summary = pipeline.run_extract(inbox, database, extractor, run_id, batch_rows, settle_seconds, on_file=report,
+                                   max_attempts=max_attempts)
     if not summary.files:
         update_progress_artifact(progress, progress=100.0)
     return summary
@@ -46,6 +47,7 @@ def extract_spans(
     batch_rows: int = 4096,
     settle_seconds: float = 10.0,
     decoding: str = "expected-jaccard",
+    max_attempts: int = pipeline.MAX_ATTEMPTS,
 ) -> dict:
     """Extract sentiment spans from new inbox files into DuckDB.
 
@@ -54,6 +56,7 @@ def extract_spans(
     model: model directory, 'default', 'promoted' or 'full-text-baseline'
     token_budget: most padded tokens per inference batch [default: 4096 on CPU, 65536 on GPU]
     decoding: 'expected-jaccard' (best spans) or 'greedy' (about 2x faster on CPU)
+    max_attempts: runs that may hit a storage read error on a file before it is recorded as failed
     """
     logger = get_run_logger()
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
@@ -67,7 +70,7 @@ def extract_spans(
     logger.info("inbox %s; model %s", inbox, extractor.version)
 
     # ---- transform + load: file by file, each in one transaction ----
-    summary = extract_new_files(inbox, database, extractor, run_id, batch_rows, settle_seconds)
+    summary = extract_new_files(inbox, database, extractor, run_id, batch_rows, settle_seconds, max_attempts)
     result = summary.totals()
     create_table_artifact(
         key="extract-spans-summary",

@@ -198,7 +198,9 @@ def predict(model_spec, registry, input_path, output_path, device, token_budget,
 @decoding_option
 @click.option("--settle-seconds", default=10.0, show_default=True,
               help="Leave files modified this recently for a later run (they may still be being written).")
-def extract(inbox, database, model_spec, registry, device, token_budget, decoding, settle_seconds):
+@click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Runs that may hit a storage read error on a file before it is recorded as failed.")
+def extract(inbox, database, model_spec, registry, device, token_budget, decoding, settle_seconds, max_attempts):
     """Extract spans from new inbox files into DuckDB (what the extract-spans flow runs).
 
     Example: span-jobs extract --inbox inbox/ --database spans.duckdb --model promoted
@@ -212,7 +214,7 @@ def extract(inbox, database, model_spec, registry, device, token_budget, decodin
     registry = settings.checked_path(registry, "registry") if registry else None
     extractor = make_extractor(settings.checked_model(model_spec), registry, device=device, token_budget=token_budget,
                                decoding=decoding)
-    summary = run_extract(inbox, database, extractor, settle_seconds=settle_seconds)
+    summary = run_extract(inbox, database, extractor, settle_seconds=settle_seconds, max_attempts=max_attempts)
     for f in summary.files:
         click.echo(f"{f.status:<8} {f.path}: {f.rows_in} in, {f.rows_stored} stored, {f.rows_quarantined} quarantined"
                    + (f" ({f.error})" if f.error else ""))

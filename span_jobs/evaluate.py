@@ -1,9 +1,13 @@
 """Scoring predictions against labeled tweets."""
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .data import SENTIMENTS, LabeledTweet
 from .metric import jaccard
+
+if TYPE_CHECKING:  # extract imports torch; scoring alone needs none of it
+    from .extract import Extractor
 
 
 def score_predictions(tweets: Sequence[LabeledTweet], results: Sequence) -> dict:
@@ -22,7 +26,7 @@ def score_predictions(tweets: Sequence[LabeledTweet], results: Sequence) -> dict
     return figures
 
 
-def evaluate_model(extractor, tweets: Sequence[LabeledTweet], predict_sentiment: bool = False) -> dict:
+def evaluate_model(extractor: "Extractor", tweets: Sequence[LabeledTweet], predict_sentiment: bool = False) -> dict:
     """Jaccard with the true sentiment given; with predict_sentiment, the model tags it first (end to end)."""
     texts = [t.text for t in tweets]
     figures = score_predictions(tweets, extractor.extract(texts, [t.sentiment for t in tweets]))

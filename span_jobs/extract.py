@@ -3,6 +3,7 @@
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -27,6 +28,15 @@ class SpanResult:
     # expected word Jaccard of the span under the model's own distribution (sentiment and span);
     # None where no model chose it (the full-text baseline)
     span_confidence: float | None = None
+
+
+class Extractor(Protocol):
+    """What the pipeline, predict and evaluate need of a model: spans for a batch of tweets
+    (a missing sentiment is tagged) and the version each stored row records."""
+
+    version: str
+
+    def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +403,7 @@ class FullTextExtractor:
         return results
 
 
-def annotate(extractor, texts: Sequence[str], sentiments: Sequence[str | None]) -> dict[str, list]:
+def annotate(extractor: Extractor, texts: Sequence[str], sentiments: Sequence[str | None]) -> dict[str, list]:
     """Prediction columns for a table of tweets: sentiment, its probability, span, offsets, confidence, model version."""
     results = extractor.extract(list(texts), list(sentiments))
     return {
@@ -416,7 +426,7 @@ DECODING_CHOICES = {
 
 
 def make_extractor(model: str, registry=None, device: str = "auto", token_budget: int | None = None,
-                   progress: bool = False, decoding: str = "expected-jaccard"):
+                   progress: bool = False, decoding: str = "expected-jaccard") -> Extractor:
     """The extractor behind a model name: 'full-text-baseline', 'default', 'promoted' or a directory."""
     if decoding not in DECODING_CHOICES:
         raise ValueError(f"unknown decoding {decoding!r}; choose one of {', '.join(DECODING_CHOICES)}")

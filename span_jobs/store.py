@@ -70,6 +70,23 @@ def sql_text(name: str) -> str:
     return files("span_jobs.sql").joinpath(f"{name}.sql").read_text()
 
 
+def named_statements(name: str) -> dict[str, str]:
+    """The statements of sql/<name>.sql by their ``-- name: <key>`` headers, in file order.
+
+    One file holds a job's statements; the code runs them by name, so the SQL reads as SQL and
+    nothing is split on semicolons.
+    """
+    statements: dict[str, list[str]] = {}
+    current = None
+    for line in sql_text(name).splitlines():
+        if line.startswith("-- name:"):
+            current = line.removeprefix("-- name:").strip()
+            statements[current] = []
+        elif current is not None:
+            statements[current].append(line)
+    return {key: "\n".join(lines).strip() for key, lines in statements.items()}
+
+
 def ensure_schema(path: str | Path) -> None:
     """Create tables and report views if missing; safe to run on every open."""
     with connect(path) as con:

@@ -1,4 +1,5 @@
--- The ledger as people read it: each inbox file, its outcome and row counts, newest first.
+-- The ledger as people read it: each inbox file, its outcome and row counts, newest first;
+-- files whose last try hit an error worth retrying show as 'retry' until a run finishes them.
 create or replace view file_status as
 select
     file_path,
@@ -12,4 +13,9 @@ select
     run_id,
     processed_at
 from processed_files
+union all
+select a.file_path, 'retry', null, null, null, null,
+       'attempt ' || a.attempts || ': ' || a.last_error, null, a.last_run_id, a.last_attempt_at
+from file_attempts as a
+anti join processed_files as p using (file_path, size_bytes, mtime_ns)
 order by processed_at desc;

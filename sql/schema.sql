@@ -79,3 +79,17 @@ create table if not exists model_registry (
     promoted_at         timestamptz not null,
     training_run_id     varchar
 );
+
+-- Tries at an inbox file version that ended in an error worth retrying (a read error of the
+-- storage, a load whose row counts did not reconcile). After the run's limit the file is given
+-- up on: a failed ledger row whose error names the last reason.
+create table if not exists file_attempts (
+    file_path        varchar not null,
+    size_bytes       bigint not null,
+    mtime_ns         bigint not null,
+    attempts         integer not null,
+    last_error       varchar not null,
+    last_run_id      varchar not null,
+    last_attempt_at  timestamptz not null,
+    primary key (file_path, size_bytes, mtime_ns)
+);

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from span_jobs.model import load_model_dir, save_model
-from span_jobs.pipeline import InboxFile, claim
+from span_jobs.inbox import InboxFile, claim
 from span_jobs.registry import Registry
 
 SPAN_JOBS = str(Path(sys.executable).with_name("span-jobs"))
