@@ -18,6 +18,7 @@ from span_jobs.train import TrainConfig
 @flow(name="retrain-model")
 def retrain_model(
     data: str | None = None,
+    new_data: str | None = None,
     registry: str | None = None,
     database: str | None = None,
     preset: str = "small",
@@ -30,22 +31,26 @@ def retrain_model(
     pretrained_embeddings: bool = False,
     device: str = "auto",
 ) -> dict:
-    """Retrain on labeled data (a CSV/Parquet file or a directory) and promote only on strict improvement.
+    """Retrain on labeled data and promote only a challenger that is better with the sentiment given
+    and no worse end to end.
 
-    data: labeled CSV/Parquet file or directory [default: $SPAN_JOBS_HOME/labeled]
+    data: the labeled CSV/Parquet file or directory [default: $SPAN_JOBS_HOME/labeled]
+    new_data: a new labeled file to add to data (the labeled-data event passes it): the run trains
+    and gates on all of it, not on the new file alone
 
     init_from: None for a fresh model of `preset`, 'promoted' to fine-tune the champion, or a local
     Hugging Face T5 directory.
     """
     logger = get_run_logger()
-    data = str(settings.checked_path(data or settings.default_labeled(), "data"))
+    sources = [str(settings.checked_path(data or settings.default_labeled(), "data"))]
+    if new_data:
+        sources.append(str(settings.checked_path(new_data, "new data")))
     registry = str(settings.checked_path(registry or settings.registry_root(), "registry"))
     database = str(settings.checked_path(database or settings.default_database(), "database"))
-    init_from = settings.checked_model(init_from) if init_from else None
     config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, batch_size=batch_size,
                          limit=limit, distill=distill, pretrained_embeddings=pretrained_embeddings, device=device)
     run_id = f"retrain-{flow_run.get_id() or 'local'}"
-    outcome = retrain(data, config, registry_root=registry, database=database, run_id=run_id, device=device)
+    outcome = retrain(sources, config, registry_root=registry, database=database, run_id=run_id, device=device)
     logger.info("%s", outcome.reason)
 
     def fmt(x):
@@ -55,10 +60,14 @@ def retrain_model(
         key="retrain-model-decision",
         markdown=(
             f"## Retrain {outcome.run_id}: {'**promoted**' if outcome.is_promoted else 'not promoted'}\n\n"
-            f"{outcome.reason}\n\n| model | version | validation Jaccard |\n|---|---|---|\n"
-            f"| challenger | {outcome.challenger_version} | {fmt(outcome.challenger_jaccard)} |\n"
-            f"| champion | {outcome.champion_version or '—'} | {fmt(outcome.champion_jaccard)} |\n"
-            f"| full-text baseline | — | {fmt(outcome.baseline_jaccard)} |\n\n"
+            f"{outcome.reason}\n\n| model | version | Jaccard, sentiment given | end to end | sentiment accuracy |\n"
+            f"|---|---|---|---|---|\n"
+            f"| challenger | {outcome.challenger_version} | {fmt(outcome.challenger_jaccard)} | "
+            f"{fmt(outcome.challenger_end_to_end_jaccard)} | {fmt(outcome.challenger_sentiment_accuracy)} |\n"
+            f"| champion | {outcome.champion_version or '—'} | {fmt(outcome.champion_jaccard)} | "
+            f"{fmt(outcome.champion_end_to_end_jaccard)} | {fmt(outcome.champion_sentiment_accuracy)} |\n"
+            f"| full-text baseline | — | {fmt(outcome.baseline_jaccard)} | {fmt(outcome.baseline_end_to_end_jaccard)} "
+            f"| — |\n\n"
             f"{outcome.n_train} training and {outcome.n_validation} validation tweets; data {outcome.data_digest[:12]}"
         ),
         description="Champion/challenger decision",

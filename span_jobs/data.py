@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,16 +96,19 @@ def check_labeled_row(tweet_id: object, text: object, selected: object, sentimen
     return None
 
 
-def read_labeled(path: str | Path) -> LabeledData:
-    """Labeled tweets from a Kaggle CSV, a Parquet file, or a directory of them.
+def read_labeled(path: str | Path | Sequence[str | Path]) -> LabeledData:
+    """Labeled tweets from a Kaggle CSV, a Parquet file, a directory of them, or several of those.
 
     Unusable rows are returned in ``rejected`` (and logged), never silently dropped.
-    A repeated textID keeps its first row; the others are rejected as duplicates.
+    A repeated textID keeps its first row; the others are rejected as duplicates. A file named
+    twice (a new file that is also in the directory given) is read once.
     """
     tweets: list[LabeledTweet] = []
     rejected: list[RejectedRow] = []
     seen: set[str] = set()
-    for file in data_files(path):
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    files = {f.resolve(): f for p in paths for f in data_files(p)}  # insertion order: as given
+    for file in files.values():
         frame = read_table(file)
         _require_columns(frame, LABELED_COLUMNS, file)
         columns = [frame[c].tolist() for c in LABELED_COLUMNS]
@@ -125,7 +129,7 @@ def read_labeled(path: str | Path) -> LabeledData:
     if len(rejected) > 20:
         log.warning("... and %d more unusable rows", len(rejected) - 20)
     if not tweets:
-        raise DataError(f"{path}: no usable labeled rows ({len(rejected)} rejected)")
+        raise DataError(f"{', '.join(map(str, paths))}: no usable labeled rows ({len(rejected)} rejected)")
     return LabeledData(tweets, rejected)
 
 

@@ -1,4 +1,5 @@
--- Model history: each training run with both scores, the decision, and how many spans each model produced.
+-- Model history: each training run with both models' scores (sentiment given and end to end),
+-- the sentiment accuracy, the decision, and how many spans each model produced.
 create or replace view model_history as
 with spans_per_model as (
     select model_version, count(*) as span_count, min(processed_at) as first_used_at, max(processed_at) as last_used_at
@@ -11,9 +12,14 @@ select
     runs.started_at,
     runs.challenger_version,
     runs.challenger_jaccard,
+    runs.challenger_end_to_end_jaccard,
+    runs.challenger_sentiment_accuracy,
     runs.champion_version,
     runs.champion_jaccard,
+    runs.champion_end_to_end_jaccard,
+    runs.champion_sentiment_accuracy,
     runs.baseline_jaccard,
+    runs.baseline_end_to_end_jaccard,
     runs.is_promoted,
     runs.decision_reason,
     coalesce(used.span_count, 0) as challenger_span_count

@@ -67,8 +67,20 @@ create table if not exists training_runs (
     champion_jaccard    double,
     baseline_jaccard    double,
     is_promoted         boolean not null default false,
-    decision_reason     varchar
+    decision_reason     varchar,
+    -- end to end: the sentiment tagged by the model, as for raw tweets; the gate keeps it from falling
+    challenger_end_to_end_jaccard  double,
+    champion_end_to_end_jaccard    double,
+    baseline_end_to_end_jaccard    double,
+    challenger_sentiment_accuracy  double,
+    champion_sentiment_accuracy    double
 );
+-- databases made before the end-to-end gate get its columns too
+alter table training_runs add column if not exists challenger_end_to_end_jaccard double;
+alter table training_runs add column if not exists champion_end_to_end_jaccard double;
+alter table training_runs add column if not exists baseline_end_to_end_jaccard double;
+alter table training_runs add column if not exists challenger_sentiment_accuracy double;
+alter table training_runs add column if not exists champion_sentiment_accuracy double;
 
 -- Promotions, newest last: the model history.
 create table if not exists model_registry (
@@ -77,8 +89,12 @@ create table if not exists model_registry (
     validation_jaccard  double,
     data_digest         varchar,
     promoted_at         timestamptz not null,
-    training_run_id     varchar
+    training_run_id     varchar,
+    end_to_end_jaccard  double,
+    sentiment_accuracy  double
 );
+alter table model_registry add column if not exists end_to_end_jaccard double;
+alter table model_registry add column if not exists sentiment_accuracy double;
 
 -- Tries at an inbox file version that ended in an error worth retrying (a read error of the
 -- storage, a load whose row counts did not reconcile). After the run's limit the file is given

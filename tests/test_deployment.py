@@ -123,7 +123,9 @@ def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path,
     labeled = tmp_path / "new-labels.csv"
     labeled.write_text("textID,text,selected_text,sentiment\nx1,so happy,happy,positive\n")
     run([SPAN_JOBS, "labeled-arrived", str(labeled)], env, cwd=tmp_path)
-    assert retrain_run_parameters(env, timeout=90)["data"] == str(labeled.resolve())
+    parameters = retrain_run_parameters(env, timeout=90)
+    assert parameters["new_data"] == str(labeled.resolve())  # added to the known data, not trained on alone
+    assert "data" not in parameters  # the known data: $SPAN_JOBS_HOME/labeled on the worker
 
 
 def retrain_run_parameters(env, timeout: float) -> dict:

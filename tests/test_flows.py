@@ -19,7 +19,7 @@ from flows.retrain import retrain_model
 from span_jobs.data import LabeledData
 from span_jobs.model import load_model_dir
 from span_jobs.registry import Registry
-from span_jobs.retrain import decide
+from span_jobs.retrain import Scores, decide
 from span_jobs.synthetic import synthetic_tweets
 from span_jobs.train import TrainConfig, train
 
@@ -79,12 +79,17 @@ def test_paths_outside_allowed_roots_are_refused(tmp_path, monkeypatch):
                       model="full-text-baseline")
 
 
-def test_decision_is_strict():
-    assert decide(0.61, 0.60, 0.5)[0] is True
-    assert decide(0.60, 0.60, 0.5)[0] is False
-    assert decide(0.59, 0.60, 0.5)[0] is False
-    assert decide(0.51, None, 0.5)[0] is True
-    assert decide(0.50, None, 0.5)[0] is False
+def test_decision_is_strict_with_the_sentiment_given_and_never_worse_end_to_end():
+    champion, baseline = Scores(0.60, 0.55, 0.7), Scores(0.50, 0.50, None)
+    assert decide(Scores(0.61, 0.55, 0.7), champion, baseline)[0] is True  # end to end level: kept
+    assert decide(Scores(0.61, 0.56, 0.7), champion, baseline)[0] is True
+    assert decide(Scores(0.60, 0.60, 0.8), champion, baseline)[0] is False  # given not strictly higher
+    assert decide(Scores(0.59, 0.60, 0.8), champion, baseline)[0] is False
+    worse_for_users, reason = decide(Scores(0.65, 0.54, 0.7), champion, baseline)  # better given, worse end to end
+    assert worse_for_users is False and "end to end 0.5400 < 0.5500" in reason
+    assert decide(Scores(0.51, 0.50, 0.6), None, baseline)[0] is True
+    assert decide(Scores(0.50, 0.60, 0.6), None, baseline)[0] is False
+    assert decide(Scores(0.51, 0.49, 0.6), None, baseline)[0] is False
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +130,9 @@ def test_retrain_promotes_only_a_better_challenger(tmp_path, labeled_csv, tiny_m
 
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("select is_promoted from training_runs order by started_at").fetchall() == [(True,), (False,)]
-    assert con.execute("select model_version from model_registry").fetchall() == [(better["challenger_version"],)]
+    # every promotion of the registry is recorded, the one made without a database included
+    assert con.execute("select model_version from model_registry order by promoted_at").fetchall() == [
+        (weak.version,), (better["challenger_version"],)]
     assert len(con.execute("select * from model_history").fetchall()) == 2
     con.close()
 
