@@ -8,12 +8,16 @@ from span_jobs.report import write_report
 
 
 @flow(name="span-report")
-def span_report(database: str | None = None, out: str | None = None) -> str:
-    """Publish the reports of a span database; returns the path of the HTML report."""
+def span_report(database: str | None = None, out: str | None = None, registry: str | None = None) -> str:
+    """Publish the reports of a span database; returns the path of the HTML report.
+
+    registry: where the model in service is found [default: $SPAN_JOBS_HOME/registry]
+    """
     logger = get_run_logger()
     database = str(settings.checked_path(database or settings.default_database(), "database"))
     out = str(settings.checked_path(out or settings.default_report(), "out"))
-    report = write_report(database, out)
+    registry = str(settings.checked_path(registry, "registry")) if registry else None
+    report = write_report(database, out, registry)
     lines = [f"- {k.replace('_', ' ')}: **{v:,}**" for k, v in report.summary.items()]
     create_markdown_artifact(key="span-report-summary", markdown="## span-jobs\n\n" + "\n".join(lines)
                              + f"\n\nHTML report with charts: `{out}`")
