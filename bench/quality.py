@@ -27,7 +27,7 @@ from span_jobs.data import LabeledTweet, read_labeled, read_raw, select_split
 from span_jobs.evaluate import evaluate_model, score_predictions
 from span_jobs.extract import FullTextExtractor, SpanExtractor, SpanResult
 from span_jobs.lexicon import valence
-from span_jobs.model import load_model
+from span_jobs.registry import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets"
 

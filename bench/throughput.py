@@ -26,7 +26,7 @@ from span_jobs.codec import Codec
 from span_jobs.data import read_labeled, split_train_validation
 from span_jobs.extract import DECODING_CHOICES, SpanExtractor
 from span_jobs.metric import mean_jaccard
-from span_jobs.model import load_model
+from span_jobs.registry import load_model
 from span_jobs.synthetic import synthetic_tweets
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets" / "labeled.csv"

@@ -53,7 +53,8 @@ def extract_spans(
 
     inbox: directory or glob of Parquet files [default: $SPAN_JOBS_HOME/inbox]
     database: DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb]
-    model: model directory, 'default', 'promoted' or 'full-text-baseline'
+    model: model directory, 'default', 'promoted' or 'full-text-baseline' (a directory is checked against
+        SPAN_JOBS_ROOTS when it is loaded)
     token_budget: most padded tokens per inference batch [default: 4096 on CPU, 65536 on GPU]
     decoding: 'expected-jaccard' (best spans) or 'greedy' (about 2x faster on CPU)
     max_attempts: runs that may hit a storage read error on a file before it is recorded as failed
@@ -62,7 +63,6 @@ def extract_spans(
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
     database = str(settings.checked_path(database or settings.default_database(), "database"))
     registry = str(settings.checked_path(registry, "registry")) if registry else None
-    model = settings.checked_model(model)
     run_id = str(flow_run.get_id() or pipeline.new_run_id())
 
     # ---- extract: the model, once for the whole run ----

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .data import SENTIMENTS, LabeledTweet, split_validation_parts
+from .errors import DataError
 from .extract import SpanExtractor, calibrated_sentiment, choose_span, choose_span_under_uncertainty
 from .metric import jaccard
 from .model import METADATA_FILE, LoadedModel, load_model_dir
@@ -100,7 +101,7 @@ def fit_decision(extractor: SpanExtractor, tweets: list[LabeledTweet]) -> tuple[
     """(config values, figures on these tweets): the calibration of this model, fitted on ``tweets``."""
     out = _Outputs(extractor, tweets)
     if not out.tweets:
-        raise ValueError("calibration needs labeled tweets with words")
+        raise DataError("calibration needs labeled tweets with words")
     scale, bias = fit_vector_scaling(out.logits, out.labels)
     probs = calibrated_sentiment(out.logits, torch.tensor(scale), torch.tensor(bias))
     likeliest = extractor.decoding == "likeliest"
@@ -152,7 +153,7 @@ def calibrate(loaded: LoadedModel, validation: list[LabeledTweet], device: str =
     returns the fit and the figures of both parts (the report part's are the ones to quote)."""
     choice, report = split_validation_parts(validation)
     if not choice or not report:
-        raise ValueError(f"calibration needs both parts of validation; got {len(choice)} and {len(report)} tweets")
+        raise DataError(f"calibration needs both parts of validation; got {len(choice)} and {len(report)} tweets")
     config, fitted = fit_decision(SpanExtractor(loaded, device=device, cast_to_bf16_on_gpu=False), choice)
     for key, value in config.items():
         setattr(loaded.model.config, key, value)

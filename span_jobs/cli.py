@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from .errors import DataError, ModelError, StoreError, TokenizerError, TrainingError
+from . import settings
+from .errors import DataError, ModelError, PathOutsideRoots, StoreError, TokenizerError, TrainingError
 
-# Errors the library names; each becomes one clear line and exit status 1, not a traceback.
-# ValueError and OSError cover bad arguments and missing/unreadable files from the layers below.
+# Errors the library names; each becomes one clear line and exit status 1. Anything else is a
+# bug or a fault of the machine, and keeps its traceback.
 KNOWN_ERRORS: tuple[type[Exception], ...] = (
-    DataError, ModelError, TokenizerError, StoreError, TrainingError, ValueError, OSError,
+    DataError, ModelError, TokenizerError, StoreError, TrainingError, PathOutsideRoots,
 )
 
 
@@ -33,14 +34,36 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-model_option = click.option(
-    "--model", "model_spec", default="default", show_default=True,
-    help="A model directory, 'default' (shipped) or 'promoted' (the registry's champion).",
-)
-registry_option = click.option(
-    "--registry", type=click.Path(path_type=Path), default=None,
-    help="Model registry directory [default: $SPAN_JOBS_HOME/registry].",
-)
+def path_option(*names: str, what: str, help: str, default=None, required: bool = False, multiple: bool = False):
+    """A path option that every command defaults and checks the same way: the settings' default when
+    it is not given, then resolved and refused outside SPAN_JOBS_ROOTS (settings.checked_path)."""
+
+    def check(ctx, param, value):
+        if value is None or value == ():
+            value = default() if default is not None else value
+        if multiple:
+            return tuple(settings.checked_path(v, what) for v in value or ())
+        return settings.checked_path(value, what) if value is not None else None
+
+    return click.option(*names, type=click.Path(path_type=Path), default=None, required=required, multiple=multiple,
+                        callback=check, help=help)
+
+
+database_option = path_option("--database", what="database",  default=settings.default_database,
+                              help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
+inbox_option = path_option("--inbox", what="inbox", default=settings.default_inbox,
+                           help="Directory or glob of Parquet files [default: $SPAN_JOBS_HOME/inbox].")
+registry_option = path_option("--registry", what="registry", default=settings.registry_root,
+                              help="Model registry directory [default: $SPAN_JOBS_HOME/registry].")
+labeled_option = path_option("--data", "data_path", what="data", required=True,
+                             help="Labeled CSV/Parquet file or a directory of them.")
+
+
+def model_option(default: str = "default"):
+    """A model name; a directory is checked against SPAN_JOBS_ROOTS where names are resolved (registry.py)."""
+    return click.option("--model", "model_spec", default=default, show_default=True,
+                        help="A model directory, 'default' (shipped), 'promoted' (the registry's champion)"
+                             " or 'full-text-baseline' (the whole tweet, no model).")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 decoding_option = click.option(
     "--decoding", type=click.Choice(["expected-jaccard", "greedy"]), default="expected-jaccard", show_default=True,
@@ -61,9 +84,8 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Labeled CSV/Parquet file or a directory of them.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@labeled_option
+@path_option("--out", "out_dir", what="out", required=True, help="Model directory to write.")
 @click.option("--preset", default="small", show_default=True, help="Model size: tiny, small, medium or base.")
 @click.option("--init-from", default=None, help="Fine-tune this model (directory, default or promoted) instead.")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
@@ -103,9 +125,9 @@ def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_s
 
 
 @cli.command()
-@model_option
+@model_option()
 @registry_option
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), help="Labeled CSV/Parquet.")
+@labeled_option
 @click.option("--split", type=click.Choice(["all", "validation", "validation-choice", "validation-report", "train"]),
               default="all", show_default=True,
               help="Score every row, or only the fixed validation share (or its choice or report half, or the "
@@ -144,10 +166,10 @@ def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, a
 
 
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="The model directory to calibrate (changed in place: config.json and span_jobs.json).")
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Labeled CSV/Parquet: the data the model was trained on (its fixed validation split is used).")
+@path_option("--model", "model_dir", what="model", required=True,
+             help="The model directory to calibrate (changed in place: config.json and span_jobs.json).")
+@path_option("--data", "data_path", what="data", required=True,
+             help="Labeled CSV/Parquet: the data the model was trained on (its fixed validation split is used).")
 @device_option
 def calibrate(model_dir, data_path, device):
     """Fit a model's sentiment calibration and decision under uncertainty on the choice half of validation.
@@ -165,11 +187,11 @@ def calibrate(model_dir, data_path, device):
 
 
 @cli.command()
-@model_option
+@model_option()
 @registry_option
-@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
-              help="CSV/Parquet with an id (id or textID) and text; sentiment optional.")
-@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help="Parquet file to write.")
+@path_option("--input", "input_path", what="input", required=True,
+             help="CSV/Parquet with an id (id or textID) and text; sentiment optional.")
+@path_option("--output", "output_path", what="output", required=True, help="Parquet file to write.")
 @device_option
 @budget_option
 @decoding_option
@@ -186,12 +208,9 @@ def predict(model_spec, registry, input_path, output_path, device, token_budget,
 
 
 @cli.command()
-@click.option("--inbox", type=click.Path(path_type=Path), default=None,
-              help="Directory or glob of Parquet files [default: $SPAN_JOBS_HOME/inbox].")
-@click.option("--database", type=click.Path(path_type=Path), default=None,
-              help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
-@click.option("--model", "model_spec", default="promoted", show_default=True,
-              help="A model directory, 'default', 'promoted' or 'full-text-baseline'.")
+@inbox_option
+@database_option
+@model_option("promoted")
 @registry_option
 @device_option
 @budget_option
@@ -205,14 +224,10 @@ def extract(inbox, database, model_spec, registry, device, token_budget, decodin
 
     Example: span-jobs extract --inbox inbox/ --database spans.duckdb --model promoted
     """
-    from . import settings
     from .extract import make_extractor
     from .pipeline import run_extract
 
-    inbox = settings.checked_path(inbox or settings.default_inbox(), "inbox")
-    database = settings.checked_path(database or settings.default_database(), "database")
-    registry = settings.checked_path(registry, "registry") if registry else None
-    extractor = make_extractor(settings.checked_model(model_spec), registry, device=device, token_budget=token_budget,
+    extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget,
                                decoding=decoding)
     summary = run_extract(inbox, database, extractor, settle_seconds=settle_seconds, max_attempts=max_attempts)
     for f in summary.files:
@@ -223,11 +238,11 @@ def extract(inbox, database, model_spec, registry, device, token_budget, decodin
 
 
 @cli.command()
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Labeled CSV/Parquet file or a directory of them.")
+@path_option("--data", "data_paths", what="data", multiple=True, default=lambda: (settings.default_labeled(),),
+             help="Labeled CSV/Parquet file or directory; repeat to train on several "
+                  "[default: $SPAN_JOBS_HOME/labeled].")
 @registry_option
-@click.option("--database", type=click.Path(path_type=Path), default=None,
-              help="DuckDB file that records the run [default: $SPAN_JOBS_HOME/spans.duckdb].")
+@database_option
 @click.option("--preset", default="small", show_default=True)
 @click.option("--init-from", default=None, help="Fine-tune this model ('promoted', 'default' or a directory).")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
@@ -237,50 +252,42 @@ def extract(inbox, database, model_spec, registry, device, token_budget, decodin
 @click.option("--pretrained-embeddings", is_flag=True,
               help="Start a fresh model's piece embeddings from MiniLM's (needs span-jobs[teacher]).")
 @device_option
-def retrain(data_path, registry, database, preset, init_from, epochs, lr, limit, distill, pretrained_embeddings,
+def retrain(data_paths, registry, database, preset, init_from, epochs, lr, limit, distill, pretrained_embeddings,
             device):
-    """Train a challenger and promote it only if its validation Jaccard beats the champion's.
+    """Train a challenger and promote it only if it beats the champion with the sentiment given
+    and is no worse end to end (both on the same validation split).
 
     Example: span-jobs retrain --data labeled.csv --preset small --epochs 4
     """
-    from . import settings
     from .retrain import outcome_dict
     from .retrain import retrain as run_retrain
     from .train import TrainConfig
 
-    config = TrainConfig(preset=preset, init_from=settings.checked_model(init_from) if init_from else None,
-                         epochs=epochs, lr=lr, limit=limit, distill=distill,
+    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, limit=limit, distill=distill,
                          pretrained_embeddings=pretrained_embeddings, device=device)
-    outcome = run_retrain(settings.checked_path(data_path, "data"), config,
-                          registry_root=settings.checked_path(registry, "registry") if registry else None,
-                          database=settings.checked_path(database or settings.default_database(), "database"),
-                          device=device)
+    outcome = run_retrain(list(data_paths), config, registry_root=registry, database=database, device=device)
     click.echo(json.dumps(outcome_dict(outcome)))
 
 
 @cli.command()
-@click.option("--database", type=click.Path(path_type=Path), default=None,
-              help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="HTML file to write [default: $SPAN_JOBS_HOME/report.html].")
-def report(database, out):
+@database_option
+@path_option("--out", what="out", default=settings.default_report,
+             help="HTML file to write [default: $SPAN_JOBS_HOME/report.html].")
+@registry_option
+def report(database, out, registry):
     """Write a self-contained HTML report with charts of the spans database.
 
     Example: span-jobs report --database spans.duckdb --out report.html
     """
-    from . import settings
     from .report import write_report
 
-    database = settings.checked_path(database or settings.default_database(), "database")
-    out = settings.checked_path(out or settings.default_report(), "out")
-    summary = write_report(database, out).summary
+    summary = write_report(database, out, registry).summary
     click.echo(f"wrote {out}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
 
 
 @cli.command()
 @click.argument("sql")
-@click.option("--database", type=click.Path(path_type=Path), default=None,
-              help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
+@database_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--max-rows", default=10_000, show_default=True, type=click.IntRange(min=1),
               help="Print at most this many rows; a note on stderr says when more were cut.")
@@ -295,13 +302,12 @@ def query(sql, database, fmt, max_rows, timeout_seconds, wait_seconds):
     """
     import csv
 
-    from . import settings
     from .store import run_query
 
     def tell(message: str) -> None:
         click.echo(f"waiting: {message}", err=True)
 
-    result = run_query(settings.checked_path(database or settings.default_database(), "database"), sql,
+    result = run_query(database, sql,
                        max_rows=max_rows, timeout_seconds=timeout_seconds, wait_seconds=wait_seconds, on_wait=tell)
     names, rows = result.names, result.rows
     if fmt == "json":
@@ -319,54 +325,3 @@ def query(sql, database, fmt, max_rows, timeout_seconds, wait_seconds):
         click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     if result.is_truncated:
         click.echo(f"note: only the first {max_rows} rows are shown; raise --max-rows or add a limit", err=True)
-
-
-@cli.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
-              help="Where the demo's inbox, database, registry and report go.")
-def demo(workdir):
-    """Run the whole job on made-up tweets: sample inbox -> extract-spans flow -> report flow.
-
-    Example: span-jobs demo
-    """
-    import os
-
-    from .demo import demo_model, make_sample_inbox
-
-    workdir = workdir.resolve()
-    os.environ.setdefault("SPAN_JOBS_HOME", str(workdir))
-    # the demo starts Prefect's temporary server; its 20 s default timed out on 2 busy cores
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    inbox, database, report_path = workdir / "inbox", workdir / "spans.duckdb", workdir / "report.html"
-    files = make_sample_inbox(inbox)
-    click.echo(f"sample inbox: {len(files)} Parquet files in {inbox}")
-    model_spec = demo_model(workdir)
-    click.echo(f"model: {model_spec}")
-    from flows.extract_spans import extract_spans
-    from flows.report import span_report
-
-    result = extract_spans(inbox=str(inbox), database=str(database), model=model_spec,
-                           registry=str(workdir / "registry"), settle_seconds=0)
-    span_report(database=str(database), out=str(report_path))
-    click.echo(f"\nspans: {result['rows_stored']} stored, {result['rows_quarantined']} quarantined, "
-               f"{result['tweets_per_second']} tweets/s, model {result['model_version']}")
-    click.echo(f"database: {database}\nreport:   {report_path}")
-    click.echo(f"try:      span-jobs query --database {database} "
-               "\"select sentiment, span, text from spans where sentiment <> 'neutral' limit 10\"")
-
-
-@cli.command("labeled-arrived")
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
-def labeled_arrived(path):
-    """Announce new labeled data to Prefect; the retrain-model deployment's trigger starts a retrain.
-
-    Example: span-jobs labeled-arrived labeled/2026-12-01.csv
-    """
-    from flows.retrain import announce_labeled_data
-
-    event = announce_labeled_data(str(path.resolve()))
-    click.echo(f"emitted {event}")
-
-
-def main() -> None:
-    cli(prog_name="span-jobs")

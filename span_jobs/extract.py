@@ -11,6 +11,7 @@ from transformers import LogitsProcessor
 
 from .codec import Codec, token_budget_batches
 from .data import SENTIMENTS
+from .errors import ModelError
 from .model import LoadedModel, encode, pointer_keys, span_logits
 from .words import Words
 
@@ -90,7 +91,7 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available")
+        raise ModelError(f"device {device!r} asked for, but no CUDA GPU is available")
     return torch.device(device)
 
 
@@ -428,11 +429,12 @@ DECODING_CHOICES = {
 def make_extractor(model: str, registry=None, device: str = "auto", token_budget: int | None = None,
                    progress: bool = False, decoding: str = "expected-jaccard") -> Extractor:
     """The extractor behind a model name: 'full-text-baseline', 'default', 'promoted' or a directory."""
+    from .registry import FULL_TEXT_BASELINE, load_model
+
     if decoding not in DECODING_CHOICES:
         raise ValueError(f"unknown decoding {decoding!r}; choose one of {', '.join(DECODING_CHOICES)}")
-    if model == "full-text-baseline":
+    if model == FULL_TEXT_BASELINE:
         return FullTextExtractor()
-    from .model import load_model
 
     return SpanExtractor(load_model(model, registry), device=device, token_budget=token_budget, progress=progress,
                          **DECODING_CHOICES[decoding])

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from glob import glob
 from pathlib import Path
 
+from .errors import DataError
 from .store import connect, ensure_schema, named_statements
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def inbox_paths(inbox: str | Path) -> list[Path]:
     elif Path(inbox).is_file():
         candidates = iter([Path(inbox)])
     else:
-        raise FileNotFoundError(f"{inbox}: inbox is neither a directory, a file, nor a glob that matches")
+        raise DataError(f"{inbox}: inbox is neither a directory, a file, nor a glob that matches")
     return sorted(p for p in candidates if p.is_file() and not p.name.startswith((".", "_")))
 
 

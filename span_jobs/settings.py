@@ -46,13 +46,5 @@ def checked_path(path: str | Path, what: str) -> Path:
     return resolved
 
 
-MODEL_NAMES = ("default", "promoted", "full-text-baseline")
-
-
-def checked_model(spec: str) -> str:
-    """A model name as is; a model directory checked against the allowed roots like any other path."""
-    return spec if spec in MODEL_NAMES else str(checked_path(spec, "model"))
-
-
 def default_report() -> Path:
     return home() / "report.html"

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from span_jobs.cli import cli
+from flows.cli import cli  # the command as installed
 from span_jobs.data import SENTIMENTS, is_validation, validation_part
 from span_jobs.model import METADATA_FILE
 from span_jobs.registry import Registry
@@ -435,3 +435,38 @@ def test_the_docs_check_catches_a_command_without_example():
 
 def test_core_commands_exist():
     assert {"train", "evaluate", "predict"} <= set(cli.commands)
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--data", "{inside}/labeled.csv", "--out", "{outside}/m"],
+    ["train", "--data", "{outside}/labeled.csv", "--out", "{inside}/m"],
+    ["evaluate", "--data", "{outside}/labeled.csv", "--model", "{inside}/m"],
+    ["evaluate", "--data", "{inside}/labeled.csv", "--model", "{outside}/m"],
+    ["predict", "--input", "{outside}/t.csv", "--output", "{inside}/o.parquet"],
+    ["predict", "--input", "{inside}/t.csv", "--output", "{outside}/o.parquet"],
+    ["calibrate", "--model", "{outside}/m", "--data", "{inside}/labeled.csv"],
+    ["extract", "--inbox", "{outside}", "--database", "{inside}/db.duckdb"],
+    ["retrain", "--data", "{inside}/labeled.csv", "--data", "{outside}/new.csv"],
+    ["report", "--out", "{outside}/r.html"],
+    ["query", "select 1", "--database", "{outside}/db.duckdb"],
+])
+def test_every_command_checks_its_paths_the_same_way(tmp_path, monkeypatch, args, labeled_csv):
+    """One shared option per kind of path: each refuses a path outside SPAN_JOBS_ROOTS (a model
+    directory where its name is resolved, registry.resolve_model_dir) and writes nothing there."""
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    shutil.copy(labeled_csv, inside / "labeled.csv")
+    monkeypatch.setenv("SPAN_JOBS_ROOTS", str(inside))
+    monkeypatch.setenv("SPAN_JOBS_HOME", str(inside / "home"))
+    result = invoke(*[a.format(inside=inside, outside=outside) for a in args])
+    assert_one_line_error(result, "outside the allowed roots")
+    assert not list(outside.iterdir())  # nothing was written there
+
+
+def test_only_named_errors_become_one_line(tmp_path):
+    assert_one_line_error(invoke("extract", "--inbox", tmp_path / "no-such-inbox", "--database", tmp_path / "db"),
+                          "no-such-inbox", "inbox is neither")
+    from span_jobs.cli import KNOWN_ERRORS
+
+    assert ValueError not in KNOWN_ERRORS and OSError not in KNOWN_ERRORS  # a bug keeps its traceback

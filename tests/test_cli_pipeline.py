@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from span_jobs.cli import cli
+from flows.cli import cli  # the command as installed: the library's and the two Prefect ones
 
 REPO = Path(__file__).resolve().parents[1]
 SPAN_JOBS = str(Path(sys.executable).with_name("span-jobs"))

@@ -19,7 +19,7 @@ from span_jobs.cli import cli
 from span_jobs.data import LabeledTweet, read_labeled, select_split
 from span_jobs.extract import SpanCandidates, SpanExtractor, choose_span_under_uncertainty, pair_jaccard
 from span_jobs.metric import jaccard
-from span_jobs.model import load_model
+from span_jobs.registry import load_model
 
 N_WORDS = 10
 # a polarity's candidates: its likeliest span (word 2), a near miss (2-3) and an unlikely one (7)

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from span_jobs.cli import cli
 from span_jobs.data import SENTIMENTS, read_labeled, read_raw
 from span_jobs.extract import SpanExtractor
-from span_jobs.model import DEFAULT_MODEL_DIR, METADATA_FILE, WEIGHTS_FILE, load_model
+from span_jobs.model import DEFAULT_MODEL_DIR, METADATA_FILE, WEIGHTS_FILE
+from span_jobs.registry import load_model
 
 
 def test_default_model_ships_as_safetensors_within_40_mb():

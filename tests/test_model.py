@@ -16,12 +16,10 @@ from span_jobs.model import (
     ModelError,
     ModelMetadata,
     build_model,
-    load_model,
     load_model_dir,
-    resolve_model_dir,
     save_model,
 )
-from span_jobs.registry import Registry
+from span_jobs.registry import Registry, load_model, resolve_model_dir
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 

@@ -26,3 +26,19 @@ def test_the_wheel_carries_the_default_model_and_the_sql_and_builds_without_warn
     for model_file in (REPO / "span_jobs" / "default_model").iterdir():
         assert f"span_jobs/default_model/{model_file.name}" in names
     assert "flows/extract_spans.py" in names  # the deployments' module-path entrypoints
+
+
+def test_the_library_never_imports_prefect_or_the_flows():
+    """span_jobs is the library; flows/ is the only place Prefect enters (the issue: cli demo and
+    labeled-arrived used to import the flows)."""
+    import pkgutil
+
+    import span_jobs
+
+    modules = [f"span_jobs.{m.name}" for m in pkgutil.iter_modules(span_jobs.__path__)]
+    script = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + (
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'flows'))\n"
+        "assert not leaked, leaked\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "span_jobs.cli" in modules and "span_jobs.pipeline" in modules

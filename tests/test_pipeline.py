@@ -7,6 +7,7 @@ import pytest
 
 from span_jobs.extract import FullTextExtractor, SpanExtractor
 from span_jobs.model import load_model_dir
+from span_jobs.errors import DataError
 from span_jobs.pipeline import discover, run_extract
 
 
@@ -97,7 +98,7 @@ def test_settling_files_wait_and_a_glob_inbox_works(tmp_path):
 
 
 def test_missing_inbox_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="inbox"):
+    with pytest.raises(DataError, match="inbox"):
         run_extract(tmp_path / "nope", tmp_path / "db.duckdb", FullTextExtractor())
 
 
