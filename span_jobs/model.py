@@ -274,21 +274,3 @@ def default_model_ships() -> bool:
 
 def default_model_dir() -> Path:
     return DEFAULT_MODEL_DIR
-
-
-def resolve_model_dir(spec: str | Path, registry_root: str | Path | None = None) -> Path:
-    """The directory behind a model name: a path, ``default`` (shipped) or ``promoted`` (registry champion)."""
-    spec = str(spec)
-    if spec == "default":
-        if not default_model_ships():
-            raise ModelError("no default model ships with this install; train one with `span-jobs train`")
-        return default_model_dir()
-    if spec == "promoted":
-        from .registry import Registry  # registry imports this module
-
-        return Registry(registry_root).champion_dir()
-    return Path(spec)
-
-
-def load_model(spec: str | Path, registry_root: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    return load_model_dir(resolve_model_dir(spec, registry_root), dtype=dtype)

@@ -20,8 +20,9 @@ from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation,
 from .evaluate import evaluate_model
 from .errors import TrainingError
 from .extract import SpanExtractor, pick_device
-from .model import (LoadedModel, ModelMetadata, build_model, check_writable_model_dir, encode, load_model,
+from .model import (LoadedModel, ModelMetadata, build_model, check_writable_model_dir, encode,
                     load_model_dir, new_version, pointer_keys, save_model, span_logits, word_states)
+from .registry import load_model
 from .tokenizer import N_SENTINELS, train_tokenizer
 from .words import locate_selection
 

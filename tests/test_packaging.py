@@ -42,3 +42,12 @@ def test_the_library_never_imports_prefect_or_the_flows():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "span_jobs.cli" in modules and "span_jobs.pipeline" in modules
+
+
+def test_model_names_resolve_in_one_place_and_model_knows_nothing_of_the_registry():
+    """No model <-> registry cycle: model.py loads directories; registry.py turns names into them."""
+    source = (REPO / "span_jobs" / "model.py").read_text()
+    assert "registry" not in source.lower()
+    done = subprocess.run([sys.executable, "-c", "import sys, span_jobs.model; assert 'span_jobs.registry' not in "
+                           "sys.modules"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
