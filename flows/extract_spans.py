@@ -61,7 +61,7 @@ def extract_spans(
     """
     logger = get_run_logger()
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
-    database = str(settings.checked_path(database or settings.default_database(), "database"))
+    database = str(settings.checked_database(database or settings.default_database()))
     registry = str(settings.checked_path(registry, "registry")) if registry else None
     run_id = str(flow_run.get_id() or pipeline.new_run_id())
 

@@ -14,7 +14,7 @@ def span_report(database: str | None = None, out: str | None = None, registry: s
     registry: where the model in service is found [default: $SPAN_JOBS_HOME/registry]
     """
     logger = get_run_logger()
-    database = str(settings.checked_path(database or settings.default_database(), "database"))
+    database = str(settings.checked_database(database or settings.default_database()))
     out = str(settings.checked_path(out or settings.default_report(), "out"))
     registry = str(settings.checked_path(registry, "registry")) if registry else None
     report = write_report(database, out, registry)

@@ -46,7 +46,7 @@ def retrain_model(
     if new_data:
         sources.append(str(settings.checked_path(new_data, "new data")))
     registry = str(settings.checked_path(registry or settings.registry_root(), "registry"))
-    database = str(settings.checked_path(database or settings.default_database(), "database"))
+    database = str(settings.checked_database(database or settings.default_database()))
     config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, batch_size=batch_size,
                          limit=limit, distill=distill, pretrained_embeddings=pretrained_embeddings, device=device)
     run_id = f"retrain-{flow_run.get_id() or 'local'}"

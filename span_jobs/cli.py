@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -34,23 +35,39 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def path_option(*names: str, what: str, help: str, default=None, required: bool = False, multiple: bool = False):
+def path_option(*names: str, what: str, help: str, default=None, required: bool = False, multiple: bool = False,
+                check=None):
     """A path option that every command defaults and checks the same way: the settings' default when
     it is not given, then resolved and refused outside SPAN_JOBS_ROOTS (settings.checked_path)."""
+    check = check or (lambda value: settings.checked_path(value, what))
 
-    def check(ctx, param, value):
+    def callback(ctx, param, value):
         if value is None or value == ():
             value = default() if default is not None else value
         if multiple:
-            return tuple(settings.checked_path(v, what) for v in value or ())
-        return settings.checked_path(value, what) if value is not None else None
+            return tuple(check(v) for v in value or ())
+        return check(value) if value is not None else None
 
-    return click.option(*names, type=click.Path(path_type=Path), default=None, required=required, multiple=multiple,
-                        callback=check, help=help)
+    return click.option(*names, type=click.Path(path_type=Path) if what != "database" else str, default=None,
+                        required=required, multiple=multiple, callback=callback, help=help)
 
 
-database_option = path_option("--database", what="database",  default=settings.default_database,
-                              help="DuckDB file [default: $SPAN_JOBS_HOME/spans.duckdb].")
+def _lake_data(ctx, param, value):
+    """Where a new lake keeps its Parquet files; set for this process and the ones it starts."""
+    if value:
+        os.environ["SPAN_JOBS_LAKE_DATA"] = value if "://" in value else str(settings.checked_path(value, "lake data"))
+    return value
+
+
+def database_option(command):
+    command = click.option("--lake-data", default=None, expose_value=False, callback=_lake_data,
+                           help="With a ducklake: database, where the lake keeps its Parquet files (a directory "
+                                "all workers share, or an object-store URL); needed when the lake is created "
+                                "[default: $SPAN_JOBS_LAKE_DATA].")(command)
+    return path_option("--database", what="database", default=settings.default_database,
+                       check=settings.checked_database,
+                       help="A DuckDB file, or a lake shared by many workers: ducklake:postgres:<libpq string> "
+                            "[default: $SPAN_JOBS_DATABASE, else $SPAN_JOBS_HOME/spans.duckdb].")(command)
 inbox_option = path_option("--inbox", what="inbox", default=settings.default_inbox,
                            help="Directory or glob of Parquet files [default: $SPAN_JOBS_HOME/inbox].")
 registry_option = path_option("--registry", what="registry", default=settings.registry_root,

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from glob import glob
 from pathlib import Path
 
-from .errors import DataError
-from .store import connect, ensure_schema, named_statements
+from .errors import DataError, StoreError
+from .store import catalog_dsn, connect, ensure_schema, is_lake, named_statements, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,42 @@ def discover(inbox: str | Path, database: str | Path, settle_seconds: float = 0.
 
 # ---- claim ----------------------------------------------------------------------------------
 
-def work_dir(database: str | Path) -> Path:
-    """Lock and staging files live beside the database, on the same file system."""
-    return Path(f"{database}.work")
+class ClaimLost(StoreError):
+    """The catalog session holding a file's claim ended (PostgreSQL restarted, the network failed):
+    the file is not loaded, and stays pending for the next run."""
+
+
+@dataclass
+class Claim:
+    """Whether this process holds a file's claim; ``confirm()`` right before loading checks it still does."""
+
+    held: bool
+    session: object | None = None  # a lake's claim: the PostgreSQL session that holds the lock
+
+    def __bool__(self) -> bool:
+        return self.held
+
+    def confirm(self) -> None:
+        if self.session is None:
+            return  # an flock lasts as long as this process
+        try:
+            self.session.execute("select 1")
+        except Exception as exc:  # psycopg's OperationalError and friends: the session, and its lock, are gone
+            raise ClaimLost(f"lost the claim on the file in hand: {str(exc).splitlines()[0]}") from exc
 
 
 @contextmanager
-def claim(f: InboxFile, database: str | Path) -> Iterator[bool]:
-    """Yields True while this process holds the file's lock, False if another run holds it."""
+def claim(f: InboxFile, database: str | Path) -> Iterator[Claim]:
+    """Yields a true Claim while this process holds the file's claim, a false one if another process holds it.
+
+    For a DuckDB file, an flock beside it (one machine); for a lake, a PostgreSQL session advisory
+    lock in its catalog, which works across machines (flock over NFS does not) and which the
+    server drops the moment the worker's session ends: a killed worker's file is free at once.
+    """
+    if is_lake(database):
+        with _advisory_lock(catalog_dsn(database), _lock_key(f)) as held:
+            yield held
+        return
     locks = work_dir(database) / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     fd = os.open(locks / f"{f.stem}.lock", os.O_CREAT | os.O_RDWR, 0o644)
@@ -101,14 +129,37 @@ def claim(f: InboxFile, database: str | Path) -> Iterator[bool]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
+            yield Claim(False)
             return
         try:
-            yield True
+            yield Claim(True)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _lock_key(f: InboxFile) -> int:
+    """A signed 64-bit advisory-lock key for one file version."""
+    digest = hashlib.sha256("\x1f".join(map(str, ("span-jobs", *f.key))).encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def _advisory_lock(dsn: str, key: int) -> Iterator[Claim]:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise StoreError("claims on a lake need psycopg: pip install 'span-jobs[lake]'") from exc
+    try:
+        session = psycopg.connect(dsn, autocommit=True, connect_timeout=30)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot reach the lake's catalog to claim a file: {exc}") from exc
+    try:
+        held = session.execute("select pg_try_advisory_lock(%s)", [key]).fetchone()[0]
+        yield Claim(bool(held), session if held else None)
+    finally:
+        session.close()  # ends the session: PostgreSQL drops the lock with it
 
 
 # ---- ledger ---------------------------------------------------------------------------------
@@ -136,9 +187,10 @@ def record_outcome(f: InboxFile, database: str | Path, status: str, error: str, 
 
 
 def record_attempt(f: InboxFile, database: str | Path, error: str, run_id: str) -> int:
-    """Count one more try at this file version that ended in an error worth retrying; returns the tries so far."""
+    """Log one more try at this file version that ended in an error worth retrying; returns the tries so far."""
     with connect(database) as con:
         con.execute("begin transaction")
-        attempts = con.execute(LEDGER["count_attempt"], [*f.key, error, run_id, datetime.now(UTC)]).fetchone()[0]
+        con.execute(LEDGER["add_attempt"], [*f.key, error, run_id, datetime.now(UTC)])
+        attempts = con.execute(LEDGER["attempts_so_far"], list(f.key)).fetchone()[0]
         con.execute("commit")
     return attempts

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import duckdb
 
-from .inbox import InboxFile, work_dir
+from .inbox import InboxFile
 from .staging import QUARANTINE_TEXT_CHARS
-from .store import connect, named_statements
+from .store import connect, named_statements, work_dir
 
 LOAD = named_statements("load")
 LOAD_STEPS = ("stage", "find_stored_ids", "quarantine_staged", "quarantine_duplicates", "insert_spans")

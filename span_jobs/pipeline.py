@@ -17,10 +17,11 @@ from pathlib import Path
 from .errors import PathOutsideRoots
 from .extract import Extractor
 from .inbox import InboxFile, claim, discover, is_done_with_same_content, is_in_ledger, record_attempt, \
-    record_outcome, work_dir
+    record_outcome
 from .load import ReconciliationError, load_file
 from .settings import checked_path
 from .staging import MAX_TEXT_CHARS, FileError, is_transient, sha256_of, stage_file
+from .store import work_dir
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def process_file(f: InboxFile, extractor: Extractor, database: str | Path, run_i
                 log.warning("%s: changed while being processed; leaving it for the next run", f.path)
                 return FileOutcome(str(f.path), "skipped", error="changed while being processed")
             load_started = time.perf_counter()
+            claimed.confirm()  # a lake's claim can be lost with its session (a restart): then load nothing
             try:
                 stored, quarantined = load_file(f, database, spans_path, quarantine_path, rows_in,
                                                 extractor.version, run_id, sha256)

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .errors import StoreError  # noqa: E402
-from .store import connect, ensure_schema  # noqa: E402
+from .store import connect, ensure_schema, is_lake  # noqa: E402
 
 COLORS = {"negative": "#c0392b", "neutral": "#7f8c8d", "positive": "#27ae60"}
 
@@ -70,27 +70,31 @@ def model_in_service(registry_root: str | Path | None = None) -> dict | None:
     }
 
 
+def _frame(con, sql: str) -> pd.DataFrame:
+    """A query's rows as a DataFrame, through Arrow (duckdb's own .df() warns under pandas 3)."""
+    return con.execute(sql).to_arrow_table().to_pandas()
+
+
 def collect(database: str | Path, registry_root: str | Path | None = None) -> dict[str, pd.DataFrame]:
-    if not Path(database).exists():  # a typo must not quietly report on a new, empty database
+    if not is_lake(database) and not Path(database).exists():  # a typo must not quietly report on a new database
         raise StoreError(f"{database}: no such database")
     ensure_schema(database)
     serving = model_in_service(registry_root)
     with connect(database, read_only=True) as con:
         return {
             "model_in_service": pd.DataFrame([serving] if serving else []),
-            "summary": con.execute(
+            "summary": _frame(con, (
                 "select (select count(*) from spans) as spans_stored, "
                 "(select count(*) from quarantine) as rows_quarantined, "
                 "(select count(*) from processed_files where status = 'done') as files_done, "
                 "(select count(*) from processed_files where status = 'failed') as files_failed, "
-                "(select count(distinct model_version) from spans) as model_versions"
-            ).df(),
-            "sentiment_mix_by_day": con.execute("select * from sentiment_mix_by_day").df(),
-            "top_phrases_by_sentiment": con.execute("select * from top_phrases_by_sentiment").df(),
-            "span_confidence_by_day": con.execute("select * from span_confidence_by_day").df(),
-            "model_history": con.execute("select * from model_history").df(),
-            "quarantine_reasons": con.execute("select * from quarantine_reasons").df(),
-            "file_status": con.execute("select * from file_status limit 50").df(),
+                "(select count(distinct model_version) from spans) as model_versions")),
+            "sentiment_mix_by_day": _frame(con, "select * from sentiment_mix_by_day"),
+            "top_phrases_by_sentiment": _frame(con, "select * from top_phrases_by_sentiment"),
+            "span_confidence_by_day": _frame(con, "select * from span_confidence_by_day"),
+            "model_history": _frame(con, "select * from model_history"),
+            "quarantine_reasons": _frame(con, "select * from quarantine_reasons"),
+            "file_status": _frame(con, "select * from file_status limit 50"),
         }
 
 

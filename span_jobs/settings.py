@@ -15,8 +15,17 @@ def registry_root() -> Path:
     return home() / "registry"
 
 
-def default_database() -> Path:
-    return home() / "spans.duckdb"
+def default_database() -> str | Path:
+    """SPAN_JOBS_DATABASE (a DuckDB file, or a lake: ducklake:postgres:<libpq string>), else
+    $SPAN_JOBS_HOME/spans.duckdb."""
+    return os.environ.get("SPAN_JOBS_DATABASE") or home() / "spans.duckdb"
+
+
+def checked_database(database: str | Path) -> str | Path:
+    """A lake's connection string as it is; a DuckDB file checked like any other path."""
+    if str(database).startswith("ducklake:"):
+        return str(database)
+    return checked_path(database, "database")
 
 
 def default_inbox() -> Path:

@@ -1,11 +1,21 @@
-"""The DuckDB store: schema from sql/, brief connections that wait out other writers, one-transaction loads.
+"""The store: schema from sql/, brief connections, one-transaction loads, on one of two engines.
 
-DuckDB allows one writing process per file, so nothing here keeps a connection open:
-each step opens, does its work in an explicit transaction, and closes. A second process
-that finds the file locked waits and retries instead of failing.
+- A DuckDB file (the default, one machine). DuckDB allows one writing process per file, so
+  nothing here keeps a connection open: each step opens, does its work in an explicit
+  transaction, and closes. A second process that finds the file locked waits and retries.
+- A DuckLake catalog on PostgreSQL, ``ducklake:postgres:<libpq connection string>`` (many
+  machines): the tables are Parquet files under the lake's data path (SPAN_JOBS_LAKE_DATA or
+  ``--lake-data``, needed when the lake is created), the metadata lives in PostgreSQL, and any
+  number of processes commit concurrently. DuckLake has no primary keys and aborts concurrent
+  deletes, so every writer only appends; claims are PostgreSQL advisory locks (inbox.claim).
+
+Same tables, same views, same statements on both.
 """
 
+import fcntl
+import hashlib
 import logging
+import os
 import random
 import threading
 import time
@@ -17,9 +27,87 @@ from pathlib import Path
 
 import duckdb
 
+from . import settings
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
+
+LAKE_PREFIX = "ducklake:"
+LAKE_EXTENSIONS = (("duckdb_extension_ducklake", "ducklake"), ("duckdb_extension_postgres", "postgres"))
+
+
+def is_lake(database: str | Path) -> bool:
+    return str(database).startswith(LAKE_PREFIX)
+
+
+def catalog_dsn(database: str | Path) -> str:
+    """The libpq connection string of a lake's PostgreSQL catalog."""
+    spec = str(database).removeprefix(LAKE_PREFIX)
+    if not spec.startswith("postgres:"):
+        raise StoreError(f"{database}: only DuckLake catalogs on PostgreSQL are supported (ducklake:postgres:...)")
+    return spec.removeprefix("postgres:")
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckLake and PostgreSQL from their pip wheels (span-jobs[lake]); nothing from the network."""
+    import importlib.util
+
+    con.execute("set autoinstall_known_extensions = false")
+    con.execute("set autoload_known_extensions = false")
+    directory = settings.home() / "duckdb-extensions"
+    directory.mkdir(parents=True, exist_ok=True)
+    con.execute(f"set extension_directory = {_quoted(str(directory))}")
+    version = duckdb.__version__
+    with open(directory / ".install.lock", "w") as lock:  # two first runs at once install once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for module, name in LAKE_EXTENSIONS:
+            spec = importlib.util.find_spec(module)
+            if spec is None or not spec.submodule_search_locations:
+                raise StoreError(f"a DuckLake database needs the {name} extension: pip install 'span-jobs[lake]'")
+            wheel_file = Path(list(spec.submodule_search_locations)[0]) / "extensions" / f"v{version}" / f"{name}.duckdb_extension"
+            if not wheel_file.exists():
+                raise StoreError(f"{module} has no extension for duckdb {version}; install the matching wheel")
+            installed = con.execute("select installed from duckdb_extensions() where extension_name = $1",
+                                    [name if name != "postgres" else "postgres_scanner"]).fetchone()
+            if not (installed and installed[0]):
+                con.execute(f"install {_quoted(str(wheel_file))}")
+            con.execute(f"load {name}")
+
+
+def _attach_lake(con: duckdb.DuckDBPyConnection, database: str | Path, read_only: bool) -> None:
+    catalog_dsn(database)  # refuses catalogs other than PostgreSQL
+    _load_lake_extensions(con)
+    options = []
+    data = os.environ.get("SPAN_JOBS_LAKE_DATA")
+    if data and not read_only:
+        options.append(f"data_path {_quoted(data if '://' in data else str(Path(data).resolve()) + os.sep)}")
+    if read_only:
+        options.append("read_only")
+    statement = f"attach {_quoted(str(database))} as lake" + (f" ({', '.join(options)})" if options else "")
+    for attempt in range(6):
+        try:
+            con.execute(statement)
+            break
+        except duckdb.Error as exc:
+            # two workers that start on a new catalog both create its tables; the loser's CREATE
+            # fails (DuckLake's known first-write race) and finds the catalog made when it tries again
+            if "initialize DuckLake" not in str(exc) or attempt == 5:
+                hint = "" if data else " (creating a lake needs its data path: --lake-data DIR or SPAN_JOBS_LAKE_DATA)"
+                raise StoreError(f"cannot attach the lake: {str(exc).splitlines()[0]}{hint}") from exc
+            time.sleep(0.2 * (attempt + 1) * (0.5 + random.random()))
+    con.execute("use lake")
+
+
+def work_dir(database: str | Path) -> Path:
+    """This machine's lock, staging and spill files for a database: beside a DuckDB file, on the same
+    file system; under SPAN_JOBS_HOME for a lake (they are per process, never shared)."""
+    if is_lake(database):
+        return settings.home() / "lake-work" / hashlib.sha1(str(database).encode()).hexdigest()[:16]
+    return Path(f"{database}.work")
 
 SCHEMA_FILE = "schema.sql"
 REPORT_VIEWS = ("sentiment_mix_by_day", "top_phrases_by_sentiment", "model_history", "file_status", "quarantine_reasons",
@@ -39,6 +127,18 @@ def connect(path: str | Path, read_only: bool = False, wait_seconds: float = 600
 
     ``on_wait`` is told once, with the reason, when the first try finds the file locked.
     """
+    if is_lake(path):
+        con = duckdb.connect(config={"memory_limit": memory_limit} if memory_limit else {})
+        try:
+            _attach_lake(con, path, read_only)
+        except BaseException:
+            con.close()
+            raise
+        try:
+            yield con
+        finally:
+            con.close()
+        return
     path = Path(path)
     if read_only and not path.exists():
         raise StoreError(f"{path}: no such database")
@@ -87,14 +187,49 @@ def named_statements(name: str) -> dict[str, str]:
     return {key: "\n".join(lines).strip() for key, lines in statements.items()}
 
 
+def _schema_statements() -> list[str]:
+    return [sql_text(SCHEMA_FILE.removesuffix(".sql"))] + [sql_text(view) for view in REPORT_VIEWS]
+
+
+def schema_digest() -> str:
+    return hashlib.sha256("\n".join(_schema_statements()).encode()).hexdigest()
+
+
+def _schema_is_current(con: duckdb.DuckDBPyConnection, digest: str) -> bool:
+    try:
+        return con.execute("select count(*) from schema_version where digest = $1", [digest]).fetchone()[0] > 0
+    except duckdb.CatalogException:  # a new store, or one made before schema_version
+        return False
+
+
 def ensure_schema(path: str | Path) -> None:
-    """Create tables and report views if missing; safe to run on every open."""
-    with connect(path) as con:
-        con.execute("begin transaction")
-        con.execute(sql_text("schema"))
-        for view in REPORT_VIEWS:
-            con.execute(sql_text(view))
-        con.execute("commit")
+    """Create tables and report views if missing, or bring them to this version's text.
+
+    Skipped when the store already holds this text (a read, no write): on a lake, every worker's
+    every run calls this, and concurrent DDL commits would conflict. Two workers creating a new
+    lake at once may still conflict; the loser retries and then finds it current.
+    """
+    digest = schema_digest()
+    for attempt in range(3):
+        with connect(path) as con:
+            if _schema_is_current(con, digest):
+                return
+            try:
+                con.execute("begin transaction")
+                for statement in _schema_statements():
+                    con.execute(statement)
+                con.execute("insert into schema_version values ($1, now())", [digest])
+                con.execute("commit")
+                return
+            except duckdb.Error as exc:
+                try:
+                    con.execute("rollback")
+                except duckdb.Error:
+                    pass
+                if not is_lake(path) or attempt == 2:
+                    raise StoreError(f"{path}: cannot create the schema: {str(exc).splitlines()[0]}") from exc
+                log.info("schema creation conflicted with another worker's (%s); retrying", exc)
+        time.sleep(0.5 * (attempt + 1))
 
 
 @dataclass
@@ -110,6 +245,10 @@ def run_query(path: str | Path, sql: str, params: dict | None = None, max_rows: 
     """Run one read-only statement; at most ``max_rows`` rows come back, and it is interrupted
     after ``timeout_seconds`` (the wait for a writer's lock, up to ``wait_seconds``, not counted)."""
     with connect(path, read_only=True, wait_seconds=wait_seconds, on_wait=on_wait) as con:
+        if is_lake(path):  # the lake's own Parquet files stay readable, and nothing else
+            data_path = con.execute("select value from ducklake_options('lake') where option_name = 'data_path'"
+                                    ).fetchone()[0]
+            con.execute("set allowed_directories = $1", [[data_path]])
         con.execute("set enable_external_access = false")  # no attach, no reading other files
         con.execute("set lock_configuration = true")  # ...and no undoing that from inside the query
         try:

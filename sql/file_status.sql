@@ -15,7 +15,9 @@ select
 from processed_files
 union all
 select a.file_path, 'retry', null, null, null, null,
-       'attempt ' || a.attempts || ': ' || a.last_error, null, a.last_run_id, a.last_attempt_at
+       'attempt ' || count(*) || ': ' || arg_max(a.error, a.attempted_at), null,
+       arg_max(a.run_id, a.attempted_at), max(a.attempted_at)
 from file_attempts as a
 anti join processed_files as p using (file_path, size_bytes, mtime_ns)
+group by a.file_path, a.size_bytes, a.mtime_ns
 order by processed_at desc;

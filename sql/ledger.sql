@@ -11,9 +11,8 @@ select 1 from processed_files where file_path = $1 and sha256 = $2 and status = 
 -- a file version that stores nothing: failed (a file-level error) or unchanged
 insert into processed_files values ($1, $2, $3, $4, $5, null, 0, 0, $6, null, $7, $8);
 
--- name: count_attempt
-insert into file_attempts values ($1, $2, $3, 1, $4, $5, $6)
-on conflict (file_path, size_bytes, mtime_ns) do update
-set attempts = file_attempts.attempts + 1, last_error = excluded.last_error, last_run_id = excluded.last_run_id,
-    last_attempt_at = excluded.last_attempt_at
-returning attempts;
+-- name: add_attempt
+insert into file_attempts values ($1, $2, $3, $4, $5, $6);
+
+-- name: attempts_so_far
+select count(*) from file_attempts where file_path = $1 and size_bytes = $2 and mtime_ns = $3;

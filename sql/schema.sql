@@ -1,4 +1,7 @@
--- span-jobs store: applied on every open; every statement is idempotent.
+-- span-jobs store: applied when its text changes (store.ensure_schema); every statement is idempotent.
+-- No primary keys or unique constraints: a DuckLake catalog has none, and the same schema serves
+-- both engines. Uniqueness comes from the claims (one process per file version, inbox.claim) and
+-- the ledger check made while holding the claim; every writer only appends.
 
 -- One row per extracted tweet. model_version says which model produced it.
 create table if not exists spans (
@@ -48,13 +51,12 @@ create table if not exists processed_files (
     error             varchar,            -- file-level error for status failed
     model_version     varchar,
     run_id            varchar not null,
-    processed_at      timestamptz not null,
-    primary key (file_path, size_bytes, mtime_ns)
+    processed_at      timestamptz not null
 );
 
 -- Every retraining run and its decision.
 create table if not exists training_runs (
-    run_id              varchar primary key,
+    run_id              varchar not null,
     started_at          timestamptz not null,
     finished_at         timestamptz,
     data_path           varchar,
@@ -66,7 +68,7 @@ create table if not exists training_runs (
     champion_version    varchar,
     champion_jaccard    double,
     baseline_jaccard    double,
-    is_promoted         boolean not null default false,
+    is_promoted         boolean not null,
     decision_reason     varchar,
     -- end to end: the sentiment tagged by the model, as for raw tweets; the gate keeps it from falling
     challenger_end_to_end_jaccard  double,
@@ -97,15 +99,19 @@ alter table model_registry add column if not exists end_to_end_jaccard double;
 alter table model_registry add column if not exists sentiment_accuracy double;
 
 -- Tries at an inbox file version that ended in an error worth retrying (a read error of the
--- storage, a load whose row counts did not reconcile). After the run's limit the file is given
--- up on: a failed ledger row whose error names the last reason.
+-- storage, a load whose row counts did not reconcile), one row per try. After the run's limit
+-- the file is given up on: a failed ledger row whose error names the last reason.
 create table if not exists file_attempts (
-    file_path        varchar not null,
-    size_bytes       bigint not null,
-    mtime_ns         bigint not null,
-    attempts         integer not null,
-    last_error       varchar not null,
-    last_run_id      varchar not null,
-    last_attempt_at  timestamptz not null,
-    primary key (file_path, size_bytes, mtime_ns)
+    file_path     varchar not null,
+    size_bytes    bigint not null,
+    mtime_ns      bigint not null,
+    error         varchar not null,
+    run_id        varchar not null,
+    attempted_at  timestamptz not null
+);
+
+-- Which text of this schema and its views the store holds (ensure_schema skips the DDL when current).
+create table if not exists schema_version (
+    digest      varchar not null,
+    applied_at  timestamptz not null
 );

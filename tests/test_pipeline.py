@@ -1,13 +1,17 @@
 """extract-spans as a library: real Parquet inboxes, a real DuckDB file, a real (tiny) T5."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from span_jobs.extract import FullTextExtractor, SpanExtractor
-from span_jobs.model import load_model_dir
 from span_jobs.errors import DataError
+from span_jobs.model import load_model_dir
 from span_jobs.pipeline import discover, run_extract
 
 
@@ -176,3 +180,16 @@ def test_a_touched_file_with_the_same_bytes_is_not_run_again(tmp_path):
     assert rows(db, "select count(*) from spans") == [(4,)]
     assert rows(db, "select count(*) from quarantine") == [(0,)]
     assert run_extract(inbox, db, FullTextExtractor()).files == []
+
+
+def test_the_spans_database_opens_in_the_duckdb_cli_from_pip(tmp_path):
+    """The duckdb pin (1.5.5) writes files that `pip install duckdb-cli` can read (2.x files it cannot)."""
+    inbox, db = tmp_path / "inbox", tmp_path / "spans.duckdb"
+    inbox.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one tweet", "another tweet"]}), inbox / "a.parquet")
+    run_extract(inbox, db, FullTextExtractor())
+    cli = Path(sys.executable).with_name("duckdb")
+    shown = subprocess.run([str(cli), str(db), "-csv", "-c", "select count(*) as n from spans"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["n", "2"]
