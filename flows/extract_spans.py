@@ -1,8 +1,16 @@
-"""Prefect flow "extract-spans": new inbox Parquet files -> spans in DuckDB.
+"""Prefect flows "extract-spans" and "extract-file": new inbox Parquet files -> spans in the store.
 
 Extract (find new files) / Transform (stream each through the model) / Load (one transaction
 per file) — the work itself lives in span_jobs.pipeline; this file only orchestrates and reports.
+
+One machine: extract-spans runs the whole inbox in one flow run. Many machines: extract-spans
+with ``fan_out`` only dispatches, one extract-file flow run per new file version, to a work pool
+whose workers (one per GPU, ``--limit 1``) may sit on any number of machines. The claims and the
+ledger keep each file exactly once whoever runs it; the idempotency key keeps a file from being
+queued twice while a run for it is pending.
 """
+
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -11,6 +19,9 @@ from prefect.runtime import flow_run
 
 from span_jobs import pipeline, settings
 from span_jobs.extract import make_extractor
+from span_jobs.inbox import InboxFile, discover, is_in_ledger
+
+EXTRACT_FILE_DEPLOYMENT = "extract-file/extract-file"
 
 
 @task(cache_policy=NO_CACHE)
@@ -48,6 +59,7 @@ def extract_spans(
     settle_seconds: float = 10.0,
     decoding: str = "expected-jaccard",
     max_attempts: int = pipeline.MAX_ATTEMPTS,
+    fan_out: bool = False,
 ) -> dict:
     """Extract sentiment spans from new inbox files into DuckDB.
 
@@ -58,12 +70,20 @@ def extract_spans(
     token_budget: most padded tokens per inference batch [default: 4096 on CPU, 65536 on GPU]
     decoding: 'expected-jaccard' (best spans) or 'greedy' (about 2x faster on CPU)
     max_attempts: runs that may hit a storage read error on a file before it is recorded as failed
+    fan_out: dispatch one extract-file flow run per new file to the work pool instead of extracting here
     """
     logger = get_run_logger()
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
     database = str(settings.checked_database(database or settings.default_database()))
     registry = str(settings.checked_path(registry, "registry")) if registry else None
     run_id = str(flow_run.get_id() or pipeline.new_run_id())
+    if fan_out:
+        files = discover(inbox, database, settle_seconds)
+        common = dict(database=database, model=model, registry=registry, token_budget=token_budget, device=device,
+                      batch_rows=batch_rows, decoding=decoding, max_attempts=max_attempts)
+        dispatched = [dispatch_file(f, common) for f in files]
+        logger.info("dispatched %d file(s) to %s", len(dispatched), EXTRACT_FILE_DEPLOYMENT)
+        return {"run_id": run_id, "files_dispatched": len(dispatched), "flow_runs": dispatched}
 
     # ---- extract: the model, once for the whole run ----
     extractor = load_extractor(model, registry, device, token_budget, decoding)
@@ -81,6 +101,66 @@ def extract_spans(
     )
     logger.info("done: %s", result)
     return result
+
+
+def dispatch_file(f: InboxFile, parameters: dict) -> str:
+    """One extract-file flow run for this file version; returns its id.
+
+    The idempotency key is the file version: while a run for it is pending or running, the server
+    hands back that run instead of a second one. A run that ended without putting the file in the
+    ledger (it crashed, or left the file for a retry) is followed by a new one, keyed after it.
+    """
+    from prefect.deployments import run_deployment
+
+    key = f"extract-file:{f.path}:{f.size_bytes}:{f.mtime_ns}"
+    for _ in range(100):
+        started = run_deployment(EXTRACT_FILE_DEPLOYMENT, timeout=0, as_subflow=False, idempotency_key=key,
+                                 parameters={"path": str(f.path), "size_bytes": f.size_bytes, "mtime_ns": f.mtime_ns,
+                                             **parameters})
+        if started.state is None or not started.state.is_final():
+            return str(started.id)
+        key = f"{key}:after:{started.id}"
+    raise RuntimeError(f"{f.path}: 100 runs of it ended without finishing it")
+
+
+@flow(name="extract-file", log_prints=True)
+def extract_file(
+    path: str,
+    size_bytes: int,
+    mtime_ns: int,
+    database: str | None = None,
+    model: str = "promoted",
+    registry: str | None = None,
+    token_budget: int | None = None,
+    device: str = "auto",
+    batch_rows: int = 4096,
+    decoding: str = "expected-jaccard",
+    max_attempts: int = pipeline.MAX_ATTEMPTS,
+) -> dict:
+    """Extract one inbox file version (what extract-spans dispatches with fan_out).
+
+    path, size_bytes, mtime_ns: the file version dispatched; a file rewritten since then is left
+    for the run its new version gets
+    """
+    logger = get_run_logger()
+    database = str(settings.checked_database(database or settings.default_database()))
+    registry = str(settings.checked_path(registry, "registry")) if registry else None
+    f = InboxFile(settings.checked_path(path, "inbox file"), size_bytes, mtime_ns)
+    try:
+        current = InboxFile.of(Path(path))
+    except FileNotFoundError:
+        current = None
+    if current is None or current.key != f.key or is_in_ledger(f, database):  # before loading any model
+        logger.info("%s: done already, or no longer this version; nothing to do", path)
+        return {"path": path, "status": "skipped"}
+    extractor = load_extractor(model, registry, device, token_budget, decoding)
+    run_id = str(flow_run.get_id() or pipeline.new_run_id())
+    outcome = pipeline.process_file(f, extractor, database, run_id, batch_rows, max_attempts=max_attempts)
+    logger.info("%s: %s, %d rows in, %d stored, %d quarantined", path, outcome.status, outcome.rows_in,
+                outcome.rows_stored, outcome.rows_quarantined)
+    return {"path": outcome.path, "status": outcome.status, "rows_in": outcome.rows_in,
+            "rows_stored": outcome.rows_stored, "rows_quarantined": outcome.rows_quarantined,
+            "model_version": extractor.version, "error": outcome.error}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Same tables, same views, same statements on both.
 
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import os
 import random
@@ -54,8 +55,6 @@ def _quoted(text: str) -> str:
 
 def _load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
     """DuckLake and PostgreSQL from their pip wheels (span-jobs[lake]); nothing from the network."""
-    import importlib.util
-
     con.execute("set autoinstall_known_extensions = false")
     con.execute("set autoload_known_extensions = false")
     directory = settings.home() / "duckdb-extensions"
@@ -68,7 +67,8 @@ def _load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
             spec = importlib.util.find_spec(module)
             if spec is None or not spec.submodule_search_locations:
                 raise StoreError(f"a DuckLake database needs the {name} extension: pip install 'span-jobs[lake]'")
-            wheel_file = Path(list(spec.submodule_search_locations)[0]) / "extensions" / f"v{version}" / f"{name}.duckdb_extension"
+            package_dir = Path(list(spec.submodule_search_locations)[0])
+            wheel_file = package_dir / "extensions" / f"v{version}" / f"{name}.duckdb_extension"
             if not wheel_file.exists():
                 raise StoreError(f"{module} has no extension for duckdb {version}; install the matching wheel")
             installed = con.execute("select installed from duckdb_extensions() where extension_name = $1",

@@ -91,6 +91,7 @@ def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path,
     run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml")],
         env, cwd=tmp_path)
     for name, module in (("extract-spans/extract-spans", "flows.extract_spans.extract_spans"),
+                         ("extract-file/extract-file", "flows.extract_spans.extract_file"),
                          ("retrain-model/retrain-model", "flows.retrain.retrain_model"),
                          ("span-report/span-report", "flows.report.span_report")):
         inspected = run([PREFECT, "deployment", "inspect", name], env, cwd=tmp_path)
@@ -147,3 +148,61 @@ def retrain_run_parameters(env, timeout: float) -> dict:
             return found[0]
         time.sleep(2)
     raise AssertionError("no retrain-model flow run was created by the labeled-data trigger")
+
+
+def flow_runs_of(env, flow_name: str) -> list[dict]:
+    script = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import FlowFilter, FlowFilterName\n"
+        "async def main():\n"
+        "    async with get_client() as client:\n"
+        f"        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[{flow_name!r}])))\n"
+        "        print(json.dumps([{'id': str(r.id), 'state': r.state_type.value if r.state_type else None,\n"
+        "                           'path': r.parameters.get('path')} for r in runs]))\n"
+        "asyncio.run(main())\n"
+    )
+    return json.loads(run([sys.executable, "-c", script], env).strip().splitlines()[-1])
+
+
+def test_fan_out_one_flow_run_per_file_to_two_workers(prefect_server, tmp_path, tiny_model_dir):
+    """extract-spans with fan_out dispatches one extract-file run per new file (dispatching again while
+    they are pending adds none); two process workers of one pool share them; every row is stored once."""
+    env = {**prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+    inbox, db = tmp_path / "inbox", tmp_path / "spans.duckdb"
+    inbox.mkdir()
+    files = 6
+    for f in range(files):
+        pq.write_table(pa.table({"id": [f"f{f}r{i}" for i in range(40)],
+                                 "text": [f"fanned out tweet {i} of file {f}" for i in range(40)]}),
+                       inbox / f"part-{f}.parquet")
+    run([PREFECT, "work-pool", "create", "span-jobs", "--type", "process"], env)
+    run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "deployments" / "prefect.yaml")],
+        env, cwd=tmp_path)
+    params = {"inbox": str(inbox), "database": str(db), "model": str(tiny_model_dir), "settle_seconds": 0,
+              "device": "cpu", "fan_out": True}
+    logs = [tmp_path / f"worker-{w}.log" for w in range(2)]
+    workers = [subprocess.Popen([PREFECT, "worker", "start", "--pool", "span-jobs", "--limit", "1", "--name", f"w{w}"],
+                                env=env, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True) for w, log in enumerate(logs)]
+    try:
+        for _ in range(2):  # a second dispatch adds no run for a file whose run is pending, running or done
+            run([PREFECT, "deployment", "run", "extract-spans/extract-spans", "--params", json.dumps(params),
+                 "--watch", "--watch-timeout", "300"], env, timeout=360, cwd=tmp_path)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            states = [r["state"] for r in flow_runs_of(env, "extract-file")]
+            if len(states) >= files and all(s in ("COMPLETED", "FAILED", "CRASHED") for s in states):
+                break
+            time.sleep(2)
+    finally:
+        for worker in workers:
+            stop(worker)
+    assert states == ["COMPLETED"] * files, [log.read_text()[-3000:] for log in logs]
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("select count(*), count(distinct tweet_id) from spans").fetchone() == (files * 40, files * 40)
+    assert con.execute("select count(*), count(distinct run_id) from processed_files where status = 'done'"
+                       ).fetchone() == (files, files)  # one flow run per file
+    con.close()
+    ran = [log.read_text().count("for flow 'extract-file'") for log in logs]
+    assert all(n > 0 for n in ran), ran  # both workers did work
