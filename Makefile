@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test test-all bench
+.PHONY: install demo test test-slow test-all bench
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,12 @@ demo: install
 	$(VENV)/bin/span-jobs demo
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+# the multi-process scale-out tests (workers on a lake, a PostgreSQL restart, Prefect fan-out):
+# minutes each, so outside the default run; CI runs them too (.ci/run)
+test-slow: install
+	$(PY) -m pytest --run-slow -m slow
 
 test-all: install
 	$(PY) -m pytest --run-slow --crash-trials 30

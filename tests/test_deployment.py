@@ -165,6 +165,7 @@ def flow_runs_of(env, flow_name: str) -> list[dict]:
     return json.loads(run([sys.executable, "-c", script], env).strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # make test-slow; CI runs it (.ci/run)
 def test_fan_out_one_flow_run_per_file_to_two_workers(prefect_server, tmp_path, tiny_model_dir):
     """extract-spans with fan_out dispatches one extract-file run per new file (dispatching again while
     they are pending adds none); two process workers of one pool share them; every row is stored once."""

@@ -126,6 +126,7 @@ def test_extract_into_a_lake_and_query_it_as_the_readme_shows(lake, tmp_path):
     assert report.returncode == 0, report.stderr
 
 
+@pytest.mark.slow  # make test-slow; CI runs it (.ci/run)
 def test_two_workers_one_killed_mid_run_then_a_final_run_store_every_row_once(lake, tmp_path, tiny_model_dir):
     database, _ = lake
     inbox = tmp_path / "inbox"
@@ -156,6 +157,7 @@ def test_two_workers_one_killed_mid_run_then_a_final_run_store_every_row_once(la
     assert len(runs) >= 2  # both workers stored files
 
 
+@pytest.mark.slow  # make test-slow; CI runs it (.ci/run)
 def test_a_postgres_restart_fails_the_file_in_hand_cleanly_and_the_next_run_finishes(lake, postgres, tmp_path,
                                                                                     tiny_model_dir):
     database, _ = lake
