@@ -25,8 +25,14 @@ EXTRACT_FILE_DEPLOYMENT = "extract-file/extract-file"
 
 
 @task(cache_policy=NO_CACHE)
-def load_extractor(model: str, registry: str | None, device: str, token_budget: int | None, decoding: str):
-    """Load the model once: every file of this run gets the same model version."""
+def load_extractor(model: str, registry: str | None, device: str, token_budget: int | None, decoding: str,
+                   ray_actors: int = 0, ray_gpus_per_actor: float = 0):
+    """Load the model once: every file of this run gets the same model version (on Ray: every actor)."""
+    if ray_actors:
+        from span_jobs.ray_stage import RayExtractor
+
+        return RayExtractor(model, registry, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor, device=device,
+                            token_budget=token_budget, decoding=decoding)
     return make_extractor(model, registry, device=device, token_budget=token_budget, decoding=decoding)
 
 
@@ -60,6 +66,8 @@ def extract_spans(
     decoding: str = "expected-jaccard",
     max_attempts: int = pipeline.MAX_ATTEMPTS,
     fan_out: bool = False,
+    ray_actors: int = 0,
+    ray_gpus_per_actor: float = 0,
 ) -> dict:
     """Extract sentiment spans from new inbox files into DuckDB.
 
@@ -71,6 +79,8 @@ def extract_spans(
     decoding: 'expected-jaccard' (best spans) or 'greedy' (about 2x faster on CPU)
     max_attempts: runs that may hit a storage read error on a file before it is recorded as failed
     fan_out: dispatch one extract-file flow run per new file to the work pool instead of extracting here
+    ray_actors, ray_gpus_per_actor: run the model stage on a Ray Data actor pool (span-jobs[ray];
+        RAY_ADDRESS joins a cluster): many GPUs of one node, one model per GPU
     """
     logger = get_run_logger()
     inbox = str(settings.checked_path(inbox or settings.default_inbox(), "inbox"))
@@ -86,7 +96,7 @@ def extract_spans(
         return {"run_id": run_id, "files_dispatched": len(dispatched), "flow_runs": dispatched}
 
     # ---- extract: the model, once for the whole run ----
-    extractor = load_extractor(model, registry, device, token_budget, decoding)
+    extractor = load_extractor(model, registry, device, token_budget, decoding, ray_actors, ray_gpus_per_actor)
     logger.info("inbox %s; model %s", inbox, extractor.version)
 
     # ---- transform + load: file by file, each in one transaction ----

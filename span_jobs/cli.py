@@ -236,7 +236,13 @@ def predict(model_spec, registry, input_path, output_path, device, token_budget,
               help="Leave files modified this recently for a later run (they may still be being written).")
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(min=1),
               help="Runs that may hit a storage read error on a file before it is recorded as failed.")
-def extract(inbox, database, model_spec, registry, device, token_budget, decoding, settle_seconds, max_attempts):
+@click.option("--ray-actors", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Run the model stage on a Ray Data pool of this many actors (span-jobs[ray]; RAY_ADDRESS "
+                   "joins a cluster); 0 runs it in this process.")
+@click.option("--ray-gpus-per-actor", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --ray-actors: GPUs each actor holds (1: one model per GPU).")
+def extract(inbox, database, model_spec, registry, device, token_budget, decoding, settle_seconds, max_attempts,
+            ray_actors, ray_gpus_per_actor):
     """Extract spans from new inbox files into DuckDB (what the extract-spans flow runs).
 
     Example: span-jobs extract --inbox inbox/ --database spans.duckdb --model promoted
@@ -244,8 +250,13 @@ def extract(inbox, database, model_spec, registry, device, token_budget, decodin
     from .extract import make_extractor
     from .pipeline import run_extract
 
-    extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget,
-                               decoding=decoding)
+    if ray_actors:
+        from .ray_stage import RayExtractor
+
+        extractor = RayExtractor(model_spec, registry, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor,
+                                 device=device, token_budget=token_budget, decoding=decoding)
+    else:
+        extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, decoding=decoding)
     summary = run_extract(inbox, database, extractor, settle_seconds=settle_seconds, max_attempts=max_attempts)
     for f in summary.files:
         click.echo(f"{f.status:<8} {f.path}: {f.rows_in} in, {f.rows_stored} stored, {f.rows_quarantined} quarantined"
