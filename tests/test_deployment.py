@@ -131,26 +131,17 @@ def test_deploy_and_run_extract_spans_through_a_worker(prefect_server, tmp_path,
 
 def retrain_run_parameters(env, timeout: float) -> dict:
     """Parameters of the first retrain-model flow run the server has, waiting for the trigger to fire."""
-    script = (
-        "import asyncio, json\n"
-        "from prefect.client.orchestration import get_client\n"
-        "from prefect.client.schemas.filters import FlowFilter, FlowFilterName\n"
-        "async def main():\n"
-        "    async with get_client() as client:\n"
-        "        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=['retrain-model'])))\n"
-        "        print(json.dumps([r.parameters for r in runs]))\n"
-        "asyncio.run(main())\n"
-    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = json.loads(run([sys.executable, "-c", script], env).strip().splitlines()[-1])
+        found = flow_runs_of(env, "retrain-model")
         if found:
-            return found[0]
+            return found[0]["parameters"]
         time.sleep(2)
     raise AssertionError("no retrain-model flow run was created by the labeled-data trigger")
 
 
 def flow_runs_of(env, flow_name: str) -> list[dict]:
+    """The server's runs of one flow: id, state and parameters, read with Prefect's client."""
     script = (
         "import asyncio, json\n"
         "from prefect.client.orchestration import get_client\n"
@@ -159,7 +150,7 @@ def flow_runs_of(env, flow_name: str) -> list[dict]:
         "    async with get_client() as client:\n"
         f"        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[{flow_name!r}])))\n"
         "        print(json.dumps([{'id': str(r.id), 'state': r.state_type.value if r.state_type else None,\n"
-        "                           'path': r.parameters.get('path')} for r in runs]))\n"
+        "                           'parameters': r.parameters} for r in runs], default=str))\n"
         "asyncio.run(main())\n"
     )
     return json.loads(run([sys.executable, "-c", script], env).strip().splitlines()[-1])
