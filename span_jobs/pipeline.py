@@ -122,6 +122,7 @@ def process_file(f: InboxFile, extractor: Extractor, database: str | Path, run_i
         try:
             checked_path(f.path, "inbox file")  # a symbolic link in the inbox may point anywhere
         except PathOutsideRoots as exc:
+            claimed.confirm()  # before every ledger write: a lost claim may be another worker's now
             record_outcome(f, database, "failed", str(exc), run_id, None)
             return FileOutcome(str(f.path), "failed", error=str(exc))
         stage = work_dir(database) / "staging"
@@ -132,6 +133,7 @@ def process_file(f: InboxFile, extractor: Extractor, database: str | Path, run_i
             try:
                 sha256 = sha256_of(f.path)
                 if is_done_with_same_content(f, sha256, database):  # touched or copied again: nothing new
+                    claimed.confirm()
                     record_outcome(f, database, "unchanged", "same content as a version already done", run_id, sha256)
                     return FileOutcome(str(f.path), "unchanged", seconds=time.perf_counter() - started)
                 rows_in, model_seconds = stage_file(f, extractor, spans_path, quarantine_path, batch_rows, max_chars)
@@ -140,11 +142,13 @@ def process_file(f: InboxFile, extractor: Extractor, database: str | Path, run_i
                 changed = True
             except FileError as exc:
                 log.warning("%s: %s", f.path, exc)
+                claimed.confirm()
                 record_outcome(f, database, "failed", str(exc), run_id, sha256)
                 return FileOutcome(str(f.path), "failed", error=str(exc), seconds=time.perf_counter() - started)
             except OSError as exc:
                 if not is_transient(exc):
                     raise
+                claimed.confirm()
                 return _retry_or_give_up(f, database, f"read error: {exc}", run_id, sha256, max_attempts, started)
             if changed:  # rewritten or removed while we read it: the next run sees its new version
                 log.warning("%s: changed while being processed; leaving it for the next run", f.path)
@@ -155,6 +159,7 @@ def process_file(f: InboxFile, extractor: Extractor, database: str | Path, run_i
                 stored, quarantined = load_file(f, database, spans_path, quarantine_path, rows_in,
                                                 extractor.version, run_id, sha256)
             except ReconciliationError as exc:
+                claimed.confirm()
                 return _retry_or_give_up(f, database, f"load did not reconcile: {exc}", run_id, sha256,
                                          max_attempts, started)
             outcome = FileOutcome(str(f.path), "done", rows_in, stored, quarantined,

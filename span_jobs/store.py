@@ -88,18 +88,47 @@ def _attach_lake(con: duckdb.DuckDBPyConnection, database: str | Path, read_only
     if read_only:
         options.append("read_only")
     statement = f"attach {_quoted(str(database))} as lake" + (f" ({', '.join(options)})" if options else "")
-    for attempt in range(6):
+    deadline = time.monotonic() + CATALOG_WAIT_SECONDS
+    for attempt in range(1_000):
         try:
             con.execute(statement)
-            break
+            con.execute("use lake")
+            return
         except duckdb.Error as exc:
             # two workers that start on a new catalog both create its tables; the loser's CREATE
-            # fails (DuckLake's known first-write race) and finds the catalog made when it tries again
-            if "initialize DuckLake" not in str(exc) or attempt == 5:
+            # fails (DuckLake's known first-write race) and finds the catalog made when it tries again.
+            # A catalog that is restarting refuses or drops the connection for a few seconds.
+            racing = "initialize DuckLake" in str(exc) and attempt < 5
+            if not (racing or _is_connection_error(exc)) or time.monotonic() > deadline:
                 hint = "" if data else " (creating a lake needs its data path: --lake-data DIR or SPAN_JOBS_LAKE_DATA)"
-                raise StoreError(f"cannot attach the lake: {str(exc).splitlines()[0]}{hint}") from exc
-            time.sleep(0.2 * (attempt + 1) * (0.5 + random.random()))
-    con.execute("use lake")
+                reason = str(exc).splitlines()[0]
+                if _is_connection_error(exc):
+                    reason, hint = _connection_reason(exc), f" (waited {CATALOG_WAIT_SECONDS:.0f} s for the catalog)"
+                raise StoreError(f"cannot attach the lake: {reason}{hint}") from exc
+            try:
+                con.execute("detach database if exists lake")
+            except duckdb.Error:
+                pass
+            time.sleep(min(2.0, 0.2 * (attempt + 1)) * (0.5 + random.random()))
+
+
+CATALOG_WAIT_SECONDS = 60.0
+_CONNECTION_LOST = ("server closed the connection", "connection refused", "could not connect", "terminating connection",
+                    "the database system is", "no connection to the server", "connection to server", "ssl syscall")
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    """The catalog's PostgreSQL went away (restart, network), as libpq words it through DuckDB."""
+    text = str(exc).lower()
+    return any(phrase in text for phrase in _CONNECTION_LOST)
+
+
+def _connection_reason(exc: Exception) -> str:
+    """libpq's own words from a DuckDB error, without the SQL text the extension wraps around them."""
+    for line in str(exc).splitlines():
+        if any(phrase in line.lower() for phrase in _CONNECTION_LOST):
+            return line.rpartition('": ')[2].strip()
+    return str(exc).splitlines()[0]
 
 
 def work_dir(database: str | Path) -> Path:
@@ -136,6 +165,11 @@ def connect(path: str | Path, read_only: bool = False, wait_seconds: float = 600
             raise
         try:
             yield con
+        except duckdb.Error as exc:
+            if not _is_connection_error(exc):
+                raise
+            # nothing of an unfinished transaction is committed; the file stays pending
+            raise StoreError(f"lost the connection to the lake's catalog: {_connection_reason(exc)}") from exc
         finally:
             con.close()
         return

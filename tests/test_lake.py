@@ -201,3 +201,37 @@ def test_a_lake_claim_excludes_other_sessions_and_ends_with_its_own(lake, tmp_pa
             assert not second
     with claim(f, database) as again:
         assert again  # the first session ended, and its lock with it
+
+
+def test_a_catalog_that_restarts_is_waited_for_and_one_that_stays_down_is_one_clear_error(lake, postgres,
+                                                                                          monkeypatch):
+    import threading
+
+    from span_jobs import store
+    from span_jobs.errors import StoreError
+
+    database, _ = lake
+    with connect(database) as con:
+        con.execute("create table t as select 1 as x")
+    postgres.pg_ctl("-m", "fast", "stop")
+    try:
+        monkeypatch.setattr(store, "CATALOG_WAIT_SECONDS", 2.0)
+        with pytest.raises(StoreError) as down:
+            with connect(database):
+                pass
+        message = str(down.value)
+        assert message.startswith("cannot attach the lake: ") and "\n" not in message, message
+        assert "COPY" not in message and "waited 2 s for the catalog" in message, message
+        monkeypatch.setattr(store, "CATALOG_WAIT_SECONDS", 60.0)
+        back = threading.Timer(3.0, postgres.start)  # a restart: the catalog is back a few seconds later
+        back.start()
+        started = time.monotonic()
+        with connect(database) as con:
+            assert con.execute("select x from t").fetchall() == [(1,)]
+        assert time.monotonic() - started >= 2.0  # it did wait for the catalog
+        back.join()
+    finally:
+        try:
+            postgres.start()
+        except subprocess.CalledProcessError:
+            pass  # already running
