@@ -3,9 +3,10 @@ PostgreSQL catalog started here) and, for reference, on one DuckDB file.
 
 Each way runs real `span-jobs extract` processes on the same freshly written inbox; the figure
 is tweets/s over the wall time until the last worker is done, and the ratio 2 workers / 1 worker
-measured in the same run. With the full-text extractor it isolates the pipeline and the store;
-with a model it shows what the model stage leaves. Also printed: lake commits (DuckLake
-snapshots) and the retries our own code made (lake attach and schema creation racing).
+measured in the same run; the cores are split between the workers (OMP_NUM_THREADS). With the
+full-text extractor it isolates the pipeline and the store; with a model it shows what the model
+stage leaves. Also printed: lake commits (DuckLake snapshots) and the retries our own code made
+(lake attach and schema creation racing).
 
     python bench/scale_out.py [--files 16] [--rows 2000] [--model default] [--model-rows 300]
 """
@@ -38,6 +39,8 @@ def write_inbox(inbox: Path, files: int, rows: int) -> int:
 
 
 def run_workers(n: int, inbox: Path, database: str, model: str, env: dict) -> tuple[float, str]:
+    # the machine's cores split between the workers: more torch threads than cores only slow it down
+    env = {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // n))}
     started = time.perf_counter()
     workers = [subprocess.Popen([SPAN_JOBS, "-v", "extract", "--inbox", str(inbox), "--database", database,
                                  "--model", model, "--settle-seconds", "0", "--device", "cpu"],

@@ -216,12 +216,13 @@ def test_a_catalog_that_restarts_is_waited_for_and_one_that_stays_down_is_one_cl
     postgres.pg_ctl("-m", "fast", "stop")
     try:
         monkeypatch.setattr(store, "CATALOG_WAIT_SECONDS", 2.0)
-        with pytest.raises(StoreError) as down:
-            with connect(database):
-                pass
-        message = str(down.value)
-        assert message.startswith("cannot attach the lake: ") and "\n" not in message, message
-        assert "COPY" not in message and "waited 2 s for the catalog" in message, message
+        for private in (False, True):  # this process's attached lake, and a new attach
+            with pytest.raises(StoreError) as down:
+                with connect(database, private=private):
+                    pass
+            message = str(down.value)
+            assert message.startswith("cannot reach the lake's catalog: ") and "\n" not in message, message
+            assert "Connection refused" in message and "waited 2 s" in message and "COPY" not in message, message
         monkeypatch.setattr(store, "CATALOG_WAIT_SECONDS", 60.0)
         back = threading.Timer(3.0, postgres.start)  # a restart: the catalog is back a few seconds later
         back.start()
