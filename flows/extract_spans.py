@@ -79,7 +79,7 @@ def extract_spans(
     decoding: 'expected-jaccard' (best spans) or 'greedy' (about 2x faster on CPU)
     max_attempts: runs that may hit a storage read error on a file before it is recorded as failed
     fan_out: dispatch one extract-file flow run per new file to the work pool instead of extracting here
-    ray_actors, ray_gpus_per_actor: run the model stage on a Ray Data actor pool (span-jobs[ray];
+    ray_actors, ray_gpus_per_actor: run the model stage on a Ray actor pool (span-jobs[ray];
         RAY_ADDRESS joins a cluster): many GPUs of one node, one model per GPU
     """
     logger = get_run_logger()

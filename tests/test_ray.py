@@ -1,5 +1,5 @@
-"""The model stage on Ray Data (a local Ray with CPU actors): the same spans as in process, and
-through the one extract driver the same stored rows."""
+"""The model stage on a Ray actor pool (a local Ray with CPU actors): the same spans as in process,
+the model loaded once per actor, and through the one extract driver the same stored rows."""
 
 import duckdb
 import pyarrow as pa
@@ -38,6 +38,17 @@ def test_ray_actors_give_the_in_process_spans(ray_extractor, tiny_model_dir):
         assert a.span_confidence == pytest.approx(b.span_confidence, abs=1e-6)
         assert (a.sentiment_prob is None) == (b.sentiment_prob is None)
     assert ray_extractor.version == load_model_dir(tiny_model_dir).version
+
+
+@pytest.mark.slow  # make test-slow; CI runs it (.ci/run)
+def test_each_actor_keeps_its_model_across_calls(ray_extractor):
+    before = ray_extractor.actor_identities()
+    for _ in range(3):  # the pipeline calls extract once per batch of a file
+        ray_extractor.extract(TEXTS, SENTIMENTS)
+    after = ray_extractor.actor_identities()
+    assert len(after) == 2
+    assert [pid for pid, _ in after] == [pid for pid, _ in before]  # the same processes, models still loaded
+    assert sum(done for _, done in after) - sum(done for _, done in before) == 3 * 4  # 50 tweets: 4 blocks of 16
 
 
 @pytest.mark.slow  # make test-slow; CI runs it (.ci/run)
