@@ -24,7 +24,7 @@ from .model import (LoadedModel, ModelMetadata, build_model, check_writable_mode
                     load_model_dir, new_version, pointer_keys, save_model, span_logits, word_states)
 from .registry import load_model
 from .tokenizer import N_SENTINELS, train_tokenizer
-from .words import locate_selection
+from .words import locate_selection, repair_selection
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,18 @@ class TrainConfig:
     distill_weight: float = 0.5  # share of the span and sentiment loss that comes from the teacher
     state_weight: float = 1.0  # with distill: weight of matching the teacher's word states (state_loss)
     teacher_epochs: int = 1  # the pretrained teacher learns the task in one epoch (shared/notes: 0.688)
+    # with distill, where the sentiment task's soft labels come from: "joint" = the span teacher's own
+    # sentiment head; "classifier" = a separate MiniLM copy trained as a plain classifier (teacher.py)
+    sentiment_teacher: str = "joint"
+    # train on the spans the annotators meant (words.repair_selection), not the ones the extra-spaces
+    # shift cut; the model then needs words.labeled_offsets on its predictions to score on such labels
+    repair_labels: bool = False
+    # the pretrained encoder that teachers and --pretrained-embeddings start from; None: span-jobs[teacher]'s MiniLM
+    teacher_dir: str | None = None
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
+
+
+SENTIMENT_TEACHERS = ("joint", "classifier")
 
 
 @dataclass
@@ -78,12 +89,13 @@ class Example:
 
 
 def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool,
-                  soft: dict | None = None) -> list[Example]:
+                  soft: dict | None = None, repair_labels: bool = False) -> list[Example]:
     """Training examples of both tasks; tweets whose selection maps to no word are skipped."""
     examples = []
     for t in tweets:
         words = codec.words(t.text)
-        located = locate_selection(words, t.selected_text)
+        selected = repair_selection(t.text, t.selected_text) if repair_labels else t.selected_text
+        located = locate_selection(words, selected)
         if located is None:
             continue
         soft_first = soft_last = states = None
@@ -216,6 +228,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
 
     # ---- split: fixed by id hash, so every run validates on the same tweets -------------------
     train_tweets, val_tweets = training_split(data.tweets, config)
+    if config.sentiment_teacher not in SENTIMENT_TEACHERS:
+        raise TrainingError(f"sentiment_teacher must be one of {', '.join(SENTIMENT_TEACHERS)}; "
+                            f"got {config.sentiment_teacher!r}")
     if not train_tweets or not val_tweets:
         raise TrainingError(f"need both training and validation tweets; got {len(train_tweets)} and {len(val_tweets)}")
     # settings (epoch, temperatures, calibration) are chosen on one fixed half, figures quoted on the other
@@ -225,6 +240,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
              len(choice_tweets), len(report_tweets))
 
     # ---- tokenizer and model: fine-tune a given one, or build fresh ---------------------------
+    teacher_dir = Path(config.teacher_dir) if config.teacher_dir else None
     if config.init_from:
         base = load_model(config.init_from)
         tokenizer, model = base.tokenizer, base.model
@@ -234,7 +250,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         if config.pretrained_embeddings:
             from .teacher import start_from_pretrained_embeddings
 
-            changed = start_from_pretrained_embeddings(model, tokenizer)
+            changed = start_from_pretrained_embeddings(model, tokenizer, teacher_dir)
             log.info("%d of %d pieces start from MiniLM's embeddings", changed, tokenizer.vocab_size)
     model.to(device)
     codec = Codec(tokenizer)
@@ -247,17 +263,25 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         from .teacher import soft_spans, teacher_spans, train_teacher
 
         teacher = train_teacher(train_tweets, codec.max_words, epochs=config.teacher_epochs, seed=config.seed,
-                                device=str(device))
+                                device=str(device), directory=teacher_dir, repair_labels=config.repair_labels)
         soft = soft_spans(teacher, train_tweets + val_tweets)
-        teacher_figures = _score_spans(codec, val_tweets, teacher_spans(soft, val_tweets))
-        hits = [int(soft[t.tweet_id].sentiment.argmax()) == SENTIMENTS.index(t.sentiment) for t in val_tweets]
-        log.info("teacher validation jaccard %.4f, sentiment accuracy %.4f", teacher_figures["jaccard"],
-                 sum(hits) / len(hits))
         del teacher
+        teacher_figures = {"jaccard": _score_spans(codec, choice_tweets, teacher_spans(soft, choice_tweets))["jaccard"],
+                           "joint_sentiment_accuracy": _soft_accuracy(soft, choice_tweets)}
+        if config.sentiment_teacher == "classifier":
+            from .teacher import soft_sentiments, train_sentiment_teacher
+
+            classifier = train_sentiment_teacher(train_tweets, codec.max_words, epochs=config.teacher_epochs,
+                                                 seed=config.seed, device=str(device), directory=teacher_dir)
+            for tweet_id, probs in soft_sentiments(classifier, train_tweets + val_tweets).items():
+                soft[tweet_id].sentiment = probs
+            del classifier
+            teacher_figures["classifier_sentiment_accuracy"] = _soft_accuracy(soft, choice_tweets)
+        log.info("teacher on the choice part: %s", teacher_figures)
 
     # ---- examples --------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # what follows draws the same whether the teacher trained in this run or not
-    examples = make_examples(codec, train_tweets, config.sentiment_task, soft)
+    examples = make_examples(codec, train_tweets, config.sentiment_task, soft, config.repair_labels)
     if not examples:
         raise TrainingError("no usable training examples")
     lengths = [len(e.input_ids) for e in examples]
@@ -296,6 +320,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         data_digest=data.digest(),
         training={"command": command, "config": {k: v for k, v in asdict(config).items() if k != "extra_texts"}},
     )
+    if soft is not None:
+        metadata.training["teacher_choice_part"] = teacher_figures  # beside the student's, same tweets
     history: list[dict] = []
     best: dict | None = None
     step = 0
@@ -378,6 +404,12 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     save_model(kept, out_dir, weights_dtype=getattr(torch, config.save_dtype))
     (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))  # save_model starts afresh
     return TrainResult(out_dir, metadata.version, kept.metadata.validation, history)
+
+
+def _soft_accuracy(soft: dict, tweets: list[LabeledTweet]) -> float:
+    """Share of tweets whose teacher's likeliest label is the gold sentiment."""
+    hits = [int(soft[t.tweet_id].sentiment.argmax()) == SENTIMENTS.index(t.sentiment) for t in tweets]
+    return sum(hits) / max(1, len(hits))
 
 
 def _score_spans(codec: Codec, tweets: list[LabeledTweet], spans: list[tuple[int, int]]) -> dict:

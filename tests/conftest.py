@@ -129,6 +129,25 @@ def tokenizer():
     return train_tokenizer(make_sentences(300, seed=2), vocab_size=400)
 
 
+# a BERT-style encoder like MiniLM's, tiny: the pretrained teacher and embedding source in tests
+WORDPIECES = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "happy", "sad", "love", "hate", "day", "work", "so",
+              "i", "the", "##s", "##ing", "!", "."]
+
+
+@pytest.fixture(scope="session")
+def wordpiece_dir(tmp_path_factory) -> Path:
+    """A directory like MiniLM's: WordPiece tokenizer files and safetensors weights of a tiny BERT."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    directory = tmp_path_factory.mktemp("wordpiece")
+    BertTokenizer(vocab={w: i for i, w in enumerate(WORDPIECES)}, do_lower_case=True).save_pretrained(directory)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(WORDPIECES), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)
+    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """An untrained tiny T5 saved in the project's model-directory format."""

@@ -2,25 +2,9 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer
 
 from span_jobs.model import build_model
 from span_jobs.teacher import pretrained_piece_embeddings, start_from_pretrained_embeddings
-
-WORDPIECES = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "happy", "sad", "love", "day", "work", "so",
-              "i", "the", "##s", "##ing", "!", "."]
-
-
-@pytest.fixture(scope="module")
-def wordpiece_dir(tmp_path_factory):
-    """A BERT-style encoder directory like MiniLM's: WordPiece tokenizer files and safetensors weights."""
-    directory = tmp_path_factory.mktemp("wordpiece")
-    BertTokenizer(vocab={w: i for i, w in enumerate(WORDPIECES)}, do_lower_case=True).save_pretrained(directory)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(WORDPIECES), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32)
-    BertModel(config).save_pretrained(directory, safe_serialization=True)
-    return directory
 
 
 def test_pieces_take_the_mean_of_their_wordpieces_projected_to_unit_scale(tokenizer, wordpiece_dir):

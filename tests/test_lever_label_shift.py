@@ -1,0 +1,69 @@
+"""The extra-spaces label shift ("the magic"): where labels put a span, and the span they meant."""
+
+import pytest
+
+from span_jobs.codec import Codec
+from span_jobs.data import LabeledTweet
+from span_jobs.train import make_examples
+from span_jobs.words import extra_spaces_before, labeled_offsets, repair_selection
+
+# real labels of the training data: two extra spaces before "adore" cut the label to "y adore"
+HEY_MIA = " hey mia!  totally adore your music.  when will your cd be out?"
+
+
+def test_extra_spaces_count_leading_whitespace_and_repeats_inside_runs():
+    assert extra_spaces_before("a b", 2) == 0
+    assert extra_spaces_before(" a b", 3) == 1
+    assert extra_spaces_before("a   b", 4) == 2
+    assert extra_spaces_before(HEY_MIA, HEY_MIA.index("adore")) == 2
+
+
+def test_labeled_offsets_shift_a_span_after_two_extra_spaces_as_the_labels_do():
+    start = HEY_MIA.index("adore")
+    shifted = labeled_offsets(HEY_MIA, start, start + len("adore"))
+    assert HEY_MIA[slice(*shifted)] == "y adore"
+
+
+def test_labeled_offsets_leave_a_span_after_one_extra_space_alone():
+    text = " so happy today"
+    start = text.index("happy")
+    assert labeled_offsets(text, start, start + 5) == (start, start + 5)
+
+
+def test_labeled_offsets_cut_the_end_past_two_extra_spaces():
+    text = "   so not close enough  that I could run"
+    start, end = text.index("so"), text.index("enough") + len("enough")
+    s, e = labeled_offsets(text, start, end)
+    assert (s, e) == (start - 3, end - 1)
+
+
+@pytest.mark.parametrize("text, label, meant", [
+    (HEY_MIA, "y adore", "adore"),
+    ("  He`s awesome... Have you worked with him before?", "s awesome", "awesome"),
+    (" Haha I know, I cant handle the fame!  and thank you!", "d thank you!", "thank you!"),
+])
+def test_repair_selection_moves_a_shifted_label_back_onto_whole_words(text, label, meant):
+    assert repair_selection(text, label) == meant
+    start = text.index(meant)
+    assert text[slice(*labeled_offsets(text, start, start + len(meant)))] == label  # and back
+
+
+@pytest.mark.parametrize("text, label", [
+    ("  I was watching Parental Control", "I was watching Parental Control"),  # on word boundaries
+    ("my boss is bullying me...", "bullying me"),  # cut, but not by spaces
+    ("so sad", "not in the text"),
+    ("so sad", "   "),
+])
+def test_repair_selection_keeps_other_labels(text, label):
+    assert repair_selection(text, label) == label
+
+
+def test_make_examples_can_target_the_repaired_span(tokenizer):
+    codec = Codec(tokenizer)
+    tweet = LabeledTweet("t1", HEY_MIA, "y adore", "positive")
+    words = codec.words(HEY_MIA)
+    adore = [words.unit(i) for i in range(len(words))].index("adore")
+    plain, = make_examples(codec, [tweet], sentiment_task=False)
+    repaired, = make_examples(codec, [tweet], sentiment_task=False, repair_labels=True)
+    assert repaired.target_ids == codec.span_target(adore, adore)
+    assert plain.target_ids == codec.span_target(adore - 1, adore)  # "totally adore": the cut word widened

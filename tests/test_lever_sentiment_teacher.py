@@ -1,0 +1,56 @@
+"""A separate MiniLM-style classifier as the sentiment teacher (a tiny BERT built here)."""
+
+import pytest
+import torch
+
+from span_jobs.data import SENTIMENTS, LabeledData, LabeledTweet
+from span_jobs.errors import TrainingError
+from span_jobs.model import ModelMetadata
+from span_jobs.teacher import SentimentTeacher, soft_sentiments, train_sentiment_teacher
+from span_jobs.train import TrainConfig, train
+
+TWEETS = [LabeledTweet(f"t{i}", text, text, sentiment) for i, (text, sentiment) in enumerate([
+    ("so happy !", "positive"), ("i love the day", "positive"), ("so sad .", "negative"),
+    ("i hate work", "negative"), ("the day .", "neutral"), ("i work", "neutral")])]
+
+
+def test_the_classifier_learns_the_labels_and_gives_a_distribution_per_tweet(wordpiece_dir):
+    torch.manual_seed(0)  # the start train_sentiment_teacher(seed=0) takes
+    untrained = SentimentTeacher.pretrained(8, wordpiece_dir).eval()
+    classifier = train_sentiment_teacher(TWEETS, max_words=8, epochs=30, lr=3e-3, batch_size=6,
+                                         directory=wordpiece_dir)
+    assert not classifier.training
+    probs = soft_sentiments(classifier, TWEETS, batch_size=4)
+    assert set(probs) == {t.tweet_id for t in TWEETS}
+    for t in TWEETS:
+        assert probs[t.tweet_id].shape == (3,)
+        assert probs[t.tweet_id].sum().item() == pytest.approx(1.0, abs=1e-5)
+
+    def gold(p):
+        return sum(p[t.tweet_id][SENTIMENTS.index(t.sentiment)].item() for t in TWEETS) / len(TWEETS)
+
+    assert gold(probs) > gold(soft_sentiments(untrained, TWEETS)) + 0.1
+
+
+def test_a_tweets_classifier_output_does_not_depend_on_its_batch(wordpiece_dir):
+    classifier = train_sentiment_teacher(TWEETS, max_words=8, epochs=1, batch_size=6, directory=wordpiece_dir)
+    alone = soft_sentiments(classifier, TWEETS[:1])
+    padded = soft_sentiments(classifier, TWEETS)
+    assert torch.allclose(alone["t0"], padded["t0"], atol=1e-5)
+
+
+def test_an_unknown_sentiment_teacher_is_refused_before_training(tmp_path):
+    with pytest.raises(TrainingError, match="sentiment_teacher"):
+        train(LabeledData(TWEETS, []), tmp_path / "model", TrainConfig(distill=True, sentiment_teacher="lexicon"))
+
+
+def test_a_distilled_run_with_the_classifier_reports_both_teachers_beside_the_student(tmp_path, wordpiece_dir,
+                                                                                     trained_data):
+    """A real (tiny) run: span teacher, classifier and student all train; the teachers' figures on the
+    choice part travel in the model's metadata."""
+    config = TrainConfig(preset="tiny", vocab_size=400, epochs=1, distill=True, state_weight=0,
+                         sentiment_teacher="classifier", teacher_dir=str(wordpiece_dir))
+    result = train(trained_data, tmp_path / "model", config)
+    figures = ModelMetadata.read(result.directory).training["teacher_choice_part"]
+    assert set(figures) == {"jaccard", "joint_sentiment_accuracy", "classifier_sentiment_accuracy"}
+    assert all(0 <= v <= 1 for v in figures.values())
