@@ -2,7 +2,6 @@
 
 import base64
 import io
-import json
 import re
 import shutil
 
@@ -16,12 +15,10 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.extract_spans import extract_spans
 from flows.report import span_report
 from flows.retrain import retrain_model
-from span_jobs.data import LabeledData
 from span_jobs.model import load_model_dir
 from span_jobs.registry import Registry
 from span_jobs.retrain import Scores, decide
 from span_jobs.synthetic import synthetic_tweets
-from span_jobs.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module", autouse=True)

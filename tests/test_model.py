@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors import SafetensorError
 from transformers import T5Config, T5ForConditionalGeneration
 
 from span_jobs.model import (

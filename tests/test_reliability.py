@@ -4,7 +4,6 @@ Real subprocesses of the `span-jobs` command, real SIGKILLs, a real DuckDB file.
 """
 
 import json
-import os
 import random
 import signal
 import subprocess
