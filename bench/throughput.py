@@ -6,10 +6,12 @@
   (d) SpanExtractor as shipped: expected-Jaccard choice among 12 first x 12 last words
   (e) (d) with dynamic int8 quantization of the Linear layers (CPU)
 
-Prints tweets/s, the ratios c/a and c/b, and each way's Jaccard (unconstrained outputs that do not
+Prints tweets/s, the ratios c/a, c/b, d/b and d/c, and each way's Jaccard (unconstrained outputs that do not
 name a valid word span fall back to the whole tweet, and are counted). (a) and (b) call plain
 `generate`, which knows nothing of the pointer term of our models (model.span_logits): their
-speed is the comparison, their spans are not what the model would choose.
+speed is the comparison, their spans are not what the model would choose. Then the model's
+arithmetic: FLOPs per tweet of (d) (counted by torch.utils.flop_counter), this CPU's fp32
+matrix-multiply peak (measured here), and the share of that peak (d) runs at.
 
     python bench/throughput.py [--model default] [--data ../shared/data/tweets/labeled.csv] [--n 2000]
 """
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from span_jobs.codec import Codec
 from span_jobs.data import read_labeled, split_train_validation
@@ -71,6 +74,18 @@ def hf_batched(model, codec, words_list, sentiments, batch_size=64):
             out = torch.cat([out, out.new_full((out.shape[0], 2 - out.shape[1]), codec.tok.pad_id)], dim=1)
         outputs.append(out)
     return torch.cat(outputs)
+
+
+def matmul_peak(size: int = 1024, repeats: int = 20) -> float:
+    """This CPU's fp32 matrix-multiply rate, FLOP/s: the best of a few timed runs of one size."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 * repeats / best
 
 
 def main() -> None:
@@ -127,7 +142,16 @@ def main() -> None:
               f"  invalid outputs {invalid}")
     ratio = {k: results[k][0] for k in results}
     print(f"c/a = {ratio['a'] / ratio['c']:.1f}x   c/b = {ratio['b'] / ratio['c']:.1f}x   "
-          f"d/b = {ratio['b'] / ratio['d']:.1f}x   e/b = {ratio['b'] / ratio['e']:.1f}x")
+          f"d/b = {ratio['b'] / ratio['d']:.1f}x   e/b = {ratio['b'] / ratio['e']:.1f}x   "
+          f"time d/c = {ratio['d'] / ratio['c']:.2f}x (expected Jaccard against greedy)")
+    sample = min(512, len(texts))
+    with FlopCounterMode(display=False) as counter:
+        extractor.extract(texts[:sample], sentiments[:sample])
+    flops_per_tweet = counter.get_total_flops() / sample
+    peak = matmul_peak()
+    achieved = flops_per_tweet * len(tweets) / ratio["d"]
+    print(f"model FLOPs per tweet {flops_per_tweet / 1e9:.3f} G; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
+          f"({args.threads} threads); (d) runs at {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of it")
 
     if args.profile:
         profiler = cProfile.Profile()

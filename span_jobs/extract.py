@@ -12,7 +12,7 @@ from transformers import LogitsProcessor
 from .codec import Codec, token_budget_batches
 from .data import SENTIMENTS
 from .errors import ModelError
-from .model import LoadedModel, encode, pointer_keys, span_logits
+from .model import LoadedModel, encode, marker_logits, pointer_keys
 from .words import Words
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,9 @@ DECODINGS = ("expected-jaccard", "likeliest")
 class WordSpanConstraint(LogitsProcessor):
     """Allows only marker tokens that form a span of each row's own words: first, then last >= first.
 
-    Works on the whole batch with one mask (no Python callback per row and step), and fits
-    ``model.generate(logits_processor=...)`` as well as the two-step decoder loop below.
+    Works on the whole batch with one mask (no Python callback per row and step) and fits
+    ``model.generate(logits_processor=...)`` (the benchmark's Hugging Face ways). SpanExtractor's own
+    two-step decoder applies the same rule to the markers' logits alone.
     """
 
     def __init__(self, marker_index: torch.Tensor, n_words: torch.Tensor, eos_id: int):
@@ -151,6 +152,8 @@ class SpanExtractor:
         self.progress = progress  # a progress bar per pass, on stderr (the CLI's long commands)
         self._label_ids = torch.tensor(loaded.tokenizer.label_ids, device=self.device)
         self._marker_index = self.codec.marker_index.to(self.device)
+        self._marker_ids = torch.tensor([loaded.tokenizer.marker_id(i) for i in range(self.codec.max_words)],
+                                        device=self.device)
 
     def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]:
         """One result per text. A given sentiment is used as it is; a missing one is tagged, and the span
@@ -247,36 +250,50 @@ class SpanExtractor:
         """Candidate (first, last) words of each row, the top-k first words x their top-L last words,
         with log p(first) + log p(last | first): each (B, k*L), on CPU; impossible pairs have -inf.
 
-        The encoder runs once; the decoder k times per row.
+        The encoder runs once, the decoder's first step once per row; the second step runs once per
+        first-word candidate on the first step's cache (the encoder's cross-attention keys and values
+        are computed once, not k times), and only the word markers' logits are computed.
         """
         input_ids = batch.input_ids.to(self.device)
         attention_mask = batch.attention_mask.to(self.device)
         marker_mask = self._marker_index[input_ids] >= 0
         rows = input_ids.shape[0]
+        most_words = int(n_words.max())
+        markers = self._marker_ids[:most_words]  # (W,)
+        words = torch.arange(most_words, device=self.device)
+        n_words = n_words.to(self.device)
         encoded = encode(self.model, input_ids, attention_mask)
         keys = pointer_keys(self.model, encoded, attention_mask, marker_mask, input_ids)
+        decoder = self.model.get_decoder()
         start = torch.full((rows, 1), self.model.config.decoder_start_token_id, device=self.device)
-        first_logits = span_logits(self.model, encoded, attention_mask, start, keys)[:, -1, :]
-        constraint = WordSpanConstraint(self.codec.marker_index, n_words, self.codec.tok.eos_id)
-        first_logp = constraint(start, first_logits.float()).log_softmax(-1)  # (B, V), -inf off-span
-        most_words = int(n_words.max())
+        step = decoder(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
+                       use_cache=True)
+        first_logits = marker_logits(self.model, step.last_hidden_state, keys, markers, self._marker_index)[:, -1]
+        first_logp = first_logits.float().masked_fill(words[None, :] >= n_words[:, None], float("-inf"))
+        first_logp = first_logp.log_softmax(-1)  # (B, W), -inf past the row's words
         k, top_last = min(self.span_candidates, most_words), min(self.last_candidates, most_words)
         top_logp, top_first = first_logp.topk(k, dim=-1)  # (B, k)
 
         def repeat(t: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B*k, ...)
             return t.repeat_interleave(k, dim=0)
 
-        decoded = torch.cat([repeat(start), top_first.reshape(-1, 1)], dim=1)  # (B*k, 2)
-        repeated_keys = tuple(repeat(t) for t in keys) if keys is not None else None
-        last_logits = span_logits(self.model, repeat(encoded), repeat(attention_mask), decoded, repeated_keys)[:, -1, :]
-        repeated = WordSpanConstraint(self.codec.marker_index, repeat(n_words), self.codec.tok.eos_id)
-        last_logp, last = repeated(decoded, last_logits.float()).log_softmax(-1).topk(top_last, dim=-1)  # (B*k, L)
+        cache = step.cache
+        cache.batch_repeat_interleave(k)  # (B*k, ...): each candidate attends to its row's encoder keys
+        # the cache holds the encoder's cross-attention keys and values: its states only give the
+        # decoder the batch's shape here, so a zero-stride view stands in for k copies of them
+        shape_only = encoded.new_zeros(1, 1, 1).expand(rows * k, *encoded.shape[1:])
+        step = decoder(input_ids=markers[top_first].reshape(-1, 1), encoder_hidden_states=shape_only,
+                       encoder_attention_mask=repeat(attention_mask), cache=cache, use_cache=True)
+        # a row's k candidates side by side, (B, k, d): they share its pointer keys, no copies of them
+        hidden = step.last_hidden_state.view(rows, k, -1)
+        last_logits = marker_logits(self.model, hidden, keys, markers, self._marker_index).reshape(rows * k, -1).float()
+        # a row with fewer words than k has impossible first candidates (-inf): any last word will do there
+        low = top_first.masked_fill(top_logp == float("-inf"), 0).reshape(-1, 1)
+        allowed = (words[None, :] >= low) & (words[None, :] < repeat(n_words)[:, None])
+        last_logp, last = last_logits.masked_fill(~allowed, float("-inf")).log_softmax(-1).topk(top_last, dim=-1)
         joint = (top_logp.reshape(-1, 1) + last_logp).view(rows, -1)  # (B, k*L); impossible pairs -inf
-        first_ids = top_first[:, :, None].expand(-1, -1, top_last).reshape(rows, -1)
-        last_ids = last.view(rows, -1)
-        first_words = self._marker_index[first_ids].clamp_min(0)
-        last_words = self._marker_index[last_ids].clamp_min(0)
-        return first_words.cpu(), last_words.cpu(), joint.cpu()
+        first_words = top_first[:, :, None].expand(-1, -1, top_last).reshape(rows, -1)
+        return first_words.cpu(), last.view(rows, -1).cpu(), joint.cpu()
 
 
 def calibrated_sentiment(logits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

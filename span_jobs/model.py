@@ -165,6 +165,29 @@ def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attent
     return logits
 
 
+def marker_logits(model: T5ForConditionalGeneration, hidden: torch.Tensor, keys: PointerKeys | None,
+                  marker_ids: torch.Tensor, marker_index: torch.Tensor) -> torch.Tensor:
+    """span_logits' logits of the markers of words 0..W-1 alone: (B, S, W) from decoder states (B, S, d).
+
+    marker_ids (W,): the vocabulary id of each word's marker; marker_index (V,): the word number of
+    each vocabulary id, -1 for other pieces. Constrained decoding allows no other token, so the
+    other rows of the output layer (8,000 and more) are not computed.
+    """
+    scaled = hidden * model.config.d_model**-0.5
+    weight = model.lm_head.weight
+    if callable(weight):  # a dynamically quantized Linear (int8 on CPU) packs its weight
+        weight = weight().dequantize()
+    logits = (scaled if model.config.scale_decoder_outputs else hidden) @ weight[marker_ids].T.to(hidden.dtype)
+    if keys is not None:
+        states, key_marker_ids, present = keys
+        word = marker_index[key_marker_ids]  # (B, K): the word each key points at, -1 for none
+        keep = present & (word >= 0) & (word < marker_ids.shape[0])
+        content = (scaled @ states.transpose(1, 2)) * keep[:, None, :]  # (B, S, K), zero where no word
+        index = word.clamp(0, marker_ids.shape[0] - 1)[:, None, :].expand(-1, hidden.shape[1], -1)
+        logits = logits.scatter_add(-1, index, content.to(logits.dtype))
+    return logits
+
+
 def use_fused_gelu(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
     """Swap T5's "gelu_new" (tanh GELU written out in Python ops) for torch's fused kernel.
 

@@ -468,3 +468,53 @@ def test_joint_start_candidates_score_at_least_as_high_as_greedy(trained_model_d
             return logp[0, codec.tok.marker_id(first)] + logp[1, codec.tok.marker_id(last)]
 
         assert score(j) >= score(g) - 1e-4
+
+
+# ---- the fast two-step decoder against the plain computation ----------------------------------------
+def reference_two_markers(extractor: SpanExtractor, batch, n_words: torch.Tensor):
+    """The candidates computed the plain way: the whole decoder and the whole vocabulary at each step,
+    the encoder output repeated per first-word candidate, the constraint on every vocabulary id."""
+    model, codec = extractor.model, extractor.codec
+    marker_mask = codec.marker_index[batch.input_ids] >= 0
+    encoded = encode(model, batch.input_ids, batch.attention_mask)
+    keys = pointer_keys(model, encoded, batch.attention_mask, marker_mask, batch.input_ids)
+    start = torch.full((len(n_words), 1), model.config.decoder_start_token_id)
+    constraint = WordSpanConstraint(codec.marker_index, n_words, codec.tok.eos_id)
+    first_logp = constraint(start, span_logits(model, encoded, batch.attention_mask, start, keys)[:, -1]).log_softmax(-1)
+    k = min(extractor.span_candidates, int(n_words.max()))
+    top_logp, top_first = first_logp.topk(k, dim=-1)
+    decoded = torch.cat([start.repeat_interleave(k, 0), top_first.reshape(-1, 1)], dim=1)
+    repeated_keys = tuple(t.repeat_interleave(k, 0) for t in keys) if keys is not None else None
+    logits = span_logits(model, encoded.repeat_interleave(k, 0), batch.attention_mask.repeat_interleave(k, 0),
+                         decoded, repeated_keys)[:, -1]
+    repeated = WordSpanConstraint(codec.marker_index, n_words.repeat_interleave(k), codec.tok.eos_id)
+    last_logp, last = repeated(decoded, logits).log_softmax(-1).topk(min(extractor.last_candidates,
+                                                                         int(n_words.max())), dim=-1)
+    joint = (top_logp.reshape(-1, 1) + last_logp).view(len(n_words), -1)
+    first_ids = top_first[:, :, None].expand(-1, -1, last_logp.shape[1]).reshape(len(n_words), -1)
+    return codec.marker_index[first_ids].clamp_min(0), codec.marker_index[last.view(len(n_words), -1)].clamp_min(0), joint
+
+
+@pytest.mark.parametrize("pointer", ["trained", "word", True, None])
+def test_the_cached_marker_only_decoder_gives_the_plain_computations_candidates(pointer, trained_model_dir, tokenizer):
+    if pointer == "trained":
+        extractor = SpanExtractor(load_model_dir(trained_model_dir), device="cpu")
+    else:
+        from span_jobs.model import LoadedModel, ModelMetadata
+
+        model = build_model("tiny", tokenizer, seed=3, pointer=pointer)
+        extractor = SpanExtractor(LoadedModel(model, tokenizer, ModelMetadata(version="t", created_at="", preset="tiny")),
+                                  device="cpu")
+    codec = extractor.codec
+    texts = ["i love this day so much", "ugh", LONG, "so sad today", "work work work and more work tomorrow"]
+    words = [codec.words(t) for t in texts]
+    batch = codec.pad([codec.span_input(w, s) for w, s in zip(words, ["positive", "negative", "negative",
+                                                                       "neutral", "negative"])])
+    n_words = torch.tensor([len(w) for w in words])
+    with torch.inference_mode():
+        fast = extractor._decode_two_markers(batch, n_words)
+        plain = reference_two_markers(extractor, batch, n_words)
+    finite = torch.isfinite(plain[2])
+    assert torch.equal(torch.isfinite(fast[2]), finite)  # the same impossible pairs
+    assert torch.allclose(fast[2][finite], plain[2][finite], atol=1e-4)
+    assert torch.equal(fast[0][finite], plain[0][finite]) and torch.equal(fast[1][finite], plain[1][finite])
