@@ -107,7 +107,8 @@ def fit_decision(extractor: SpanExtractor, tweets: list[LabeledTweet]) -> tuple[
     likeliest = extractor.decoding == "likeliest"
     end_to_end, scales = {}, {}
     for temperature in CONFIDENCE_TEMPERATURES:
-        firsts, lasts, expected = choose_span(out.given, extractor.mbr_temperature, likeliest, temperature)
+        firsts, lasts, expected = choose_span(out.given, extractor.mbr_temperature, likeliest, temperature,
+                                              reference=extractor.reference_candidates)
         observed = torch.tensor(out.jaccards(firsts, lasts))
         expected = torch.tensor(expected)
         scales[temperature] = [
@@ -116,7 +117,8 @@ def fit_decision(extractor: SpanExtractor, tweets: list[LabeledTweet]) -> tuple[
         ]
         a = scales[temperature]
         firsts, lasts, _ = choose_span_under_uncertainty(out.negative, out.positive, out.n_words, probs,
-                                                         temperature, (a[0], a[2]))
+                                                         temperature, (a[0], a[2]),
+                                                         reference=extractor.reference_candidates)
         end_to_end[temperature] = sum(out.jaccards(firsts, lasts)) / len(out.tweets)
     best = max(end_to_end, key=end_to_end.get)
     config = {"sentiment_logit_scale": scale, "sentiment_logit_bias": bias,

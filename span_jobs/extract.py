@@ -56,6 +56,10 @@ class SpanCandidates:
 
 
 DECODINGS = ("expected-jaccard", "likeliest")
+# expected Jaccard averages over the 48 likeliest of the 144 candidates: on the choice half of the
+# validation split 48 lost nothing (given 0.6614, end to end 0.6080, as with all 144) where 8-32
+# lost up to 0.009 end to end; on the report half the same figures to 4 decimals, 1.1-1.3x faster
+REFERENCE_CANDIDATES = 48
 
 
 class WordSpanConstraint(LogitsProcessor):
@@ -111,6 +115,7 @@ class SpanExtractor:
         cast_to_bf16_on_gpu: bool = True,
         span_candidates: int = 12,
         last_candidates: int = 12,
+        reference_candidates: int | None = REFERENCE_CANDIDATES,
         decoding: str = "expected-jaccard",
         mbr_temperature: float | None = None,
         progress: bool = False,
@@ -136,6 +141,8 @@ class SpanExtractor:
         self.decoding = decoding  # see choose_span
         self.span_candidates = max(1, span_candidates)  # first words tried per tweet
         self.last_candidates = max(1, last_candidates)  # last words kept per first word
+        # expected Jaccard averages over this many likeliest candidates (None: all); likeliest_reference
+        self.reference_candidates = reference_candidates
         # how far expected-Jaccard trusts the model's spread; training picks it (train.choose_mbr_temperature)
         if mbr_temperature is None:
             mbr_temperature = getattr(loaded.model.config, "span_mbr_temperature", 1.0)
@@ -186,7 +193,8 @@ class SpanExtractor:
             if given:
                 scale = self.confidence_scale[[SENTIMENTS.index(sentiments[i]) for i in given]]
                 chosen = choose_span(candidates.rows(slice(0, n_given)), self.mbr_temperature,
-                                     self.decoding == "likeliest", self.confidence_temperature, scale)
+                                     self.decoding == "likeliest", self.confidence_temperature, scale,
+                                     reference=self.reference_candidates)
                 spans.update(zip(given, zip(*chosen)))
             if missing:
                 n_words = torch.tensor([len(words[i]) for i in missing])
@@ -194,7 +202,8 @@ class SpanExtractor:
                 positive = candidates.rows(slice(n_given + n_missing, None))
                 scale = (float(self.confidence_scale[0]), float(self.confidence_scale[2]))
                 chosen = choose_span_under_uncertainty(negative, positive, n_words, distribution,
-                                                       self.confidence_temperature, scale)
+                                                       self.confidence_temperature, scale,
+                                                       reference=self.reference_candidates)
                 spans.update(zip(missing, zip(*chosen)))
         except Exception:
             log.exception("model %s failed on a batch of %d tweets on %s", self.version, len(texts), self.device)
@@ -303,7 +312,7 @@ def calibrated_sentiment(logits: torch.Tensor, scale: torch.Tensor, bias: torch.
 
 def choose_span(candidates: SpanCandidates, temperature: float, likeliest: bool = False,
                 confidence_temperature: float | None = None, confidence_scale: torch.Tensor | None = None,
-                rows_per_chunk: int = 256) -> tuple[list[int], list[int], list[float]]:
+                rows_per_chunk: int = 256, reference: int | None = None) -> tuple[list[int], list[int], list[float]]:
     """(first, last, confidence) of each row's chosen span, the sentiment given.
 
     Expected-Jaccard decoding takes the candidate whose word Jaccard, averaged over all candidates
@@ -321,10 +330,10 @@ def choose_span(candidates: SpanCandidates, temperature: float, likeliest: bool 
     for chunk in range(0, candidates.first.shape[0], rows_per_chunk):  # (B, C, C) overlaps stay small
         rows = slice(chunk, chunk + rows_per_chunk)
         c = candidates.rows(rows)
-        expected = expected_jaccard(c.first, c.last, c.logp, temperature)  # (B, C)
+        expected = expected_jaccard(c.first, c.last, c.logp, temperature, reference)  # (B, C)
         choice = (c.logp if likeliest else expected).argmax(-1, keepdim=True)
         if confidence_temperature != temperature:
-            expected = expected_jaccard(c.first, c.last, c.logp, confidence_temperature)
+            expected = expected_jaccard(c.first, c.last, c.logp, confidence_temperature, reference)
         confidence = expected.gather(1, choice).squeeze(1)
         if confidence_scale is not None:
             confidence = (confidence * confidence_scale[rows]).clamp(0.0, 1.0)
@@ -336,8 +345,8 @@ def choose_span(candidates: SpanCandidates, temperature: float, likeliest: bool 
 
 def choose_span_under_uncertainty(negative: SpanCandidates, positive: SpanCandidates, n_words: torch.Tensor,
                                   sentiment: torch.Tensor, temperature: float,
-                                  scale: tuple[float, float] = (1.0, 1.0),
-                                  rows_per_chunk: int = 64) -> tuple[list[int], list[int], list[float]]:
+                                  scale: tuple[float, float] = (1.0, 1.0), rows_per_chunk: int = 64,
+                                  reference: int | None = None) -> tuple[list[int], list[int], list[float]]:
     """(first, last, expected Jaccard) of each row's span when its sentiment is not given.
 
     The gold span is a draw from a mixture: with P(neutral) the whole tweet (neutral spans are the
@@ -362,7 +371,8 @@ def choose_span_under_uncertainty(negative: SpanCandidates, positive: SpanCandid
         expected = p[:, 1:2] * pair_jaccard(first, last, whole_first, whole_last)[:, :, 0]  # (B, 2C+1)
         for label, component, factor in ((0, neg, scale[0]), (2, pos, scale[1])):
             weight = (component.logp / temperature).softmax(-1)  # (B, C)
-            overlap = pair_jaccard(first, last, component.first, component.last) @ weight[:, :, None]
+            ref_first, ref_last, weight = likeliest_reference(component.first, component.last, weight, reference)
+            overlap = pair_jaccard(first, last, ref_first, ref_last) @ weight[:, :, None]
             expected = expected + p[:, label : label + 1] * factor * overlap[:, :, 0]
         expected = expected.masked_fill(~possible, float("-inf"))
         best, choice = expected.max(-1, keepdim=True)
@@ -386,18 +396,34 @@ def pair_jaccard(first_a: torch.Tensor, last_a: torch.Tensor, first_b: torch.Ten
 
 
 def expected_jaccard(first: torch.Tensor, last: torch.Tensor, logp: torch.Tensor,
-                     temperature: float = 1.0) -> torch.Tensor:
+                     temperature: float = 1.0, reference: int | None = None) -> torch.Tensor:
     """Each candidate span's Jaccard with the others, weighted by their probability: (B, C).
 
     first, last: (B, C) word numbers of C candidate spans; logp: (B, C) their log-probabilities,
     -inf for impossible candidates, which get -inf here too. A temperature below 1 sharpens the
     weights toward the likeliest candidates (towards 0 the choice becomes the likeliest span).
+    ``reference``: average over the likeliest candidates alone (likeliest_reference).
     """
     possible = torch.isfinite(logp)
     first = first.clamp_min(0)
     weight = (logp / temperature).softmax(-1)  # (B, C), renormalised over the candidates
-    expected = (pair_jaccard(first, last, first, last) @ weight[:, :, None]).squeeze(-1)
+    ref_first, ref_last, weight = likeliest_reference(first, last, weight, reference)
+    expected = (pair_jaccard(first, last, ref_first, ref_last) @ weight[:, :, None]).squeeze(-1)
     return expected.masked_fill(~possible, float("-inf"))
+
+
+def likeliest_reference(first: torch.Tensor, last: torch.Tensor, weight: torch.Tensor,
+                        reference: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``reference`` likeliest of (B, C) candidates and their weights renormalised, or all of them.
+
+    An expected Jaccard is a weighted average over the candidates; most of the weight sits on a
+    few, so averaging over those alone costs C x reference pair overlaps instead of C x C for
+    nearly the same value (every candidate is still scored).
+    """
+    if reference is None or reference >= weight.shape[1]:
+        return first, last, weight
+    weight, kept = weight.topk(reference, dim=-1)
+    return first.gather(1, kept), last.gather(1, kept), weight / weight.sum(-1, keepdim=True)
 
 
 class FullTextExtractor:

@@ -518,3 +518,21 @@ def test_the_cached_marker_only_decoder_gives_the_plain_computations_candidates(
     assert torch.equal(torch.isfinite(fast[2]), finite)  # the same impossible pairs
     assert torch.allclose(fast[2][finite], plain[2][finite], atol=1e-4)
     assert torch.equal(fast[0][finite], plain[0][finite]) and torch.equal(fast[1][finite], plain[1][finite])
+
+
+def test_expected_jaccard_over_the_likeliest_reference_scores_every_candidate_against_those_alone():
+    from span_jobs.extract import pair_jaccard
+
+    torch.manual_seed(0)
+    first = torch.randint(0, 10, (3, 20))
+    last = first + torch.randint(0, 5, (3, 20))
+    logp = torch.randn(3, 20) * 2
+    assert torch.allclose(expected_jaccard(first, last, logp, reference=20), expected_jaccard(first, last, logp))
+    pruned = expected_jaccard(first, last, logp, reference=5)
+    assert pruned.shape == (3, 20)
+    for row in range(3):
+        kept = logp[row].topk(5).indices
+        weight = logp[row, kept].softmax(-1)
+        by_hand = pair_jaccard(first[row:row + 1], last[row:row + 1], first[row:row + 1, kept],
+                               last[row:row + 1, kept])[0] @ weight
+        assert torch.allclose(pruned[row], by_hand, atol=1e-6)
