@@ -1,17 +1,19 @@
-"""Inference speed, four ways, same tweets, same model, one run:
+"""Inference speed, six ways, same tweets, same model, one run:
 
   (a) the seed's way: one `generate` call per tweet
   (b) plain batched Hugging Face generation: batches of 64 in input order, padded, greedy
   (c) SpanExtractor, greedy: length-sorted token-budget batches, constrained two-step decoding
-  (d) SpanExtractor as shipped: expected-Jaccard choice among 12 first x 12 last words
+  (d) SpanExtractor, fp32: expected-Jaccard choice among 12 first x 12 last words
   (e) (d) with dynamic int8 quantization of the Linear layers (CPU)
+  (f) (d) as shipped: precision "auto" (bf16 on CPUs with native bf16)
 
-Prints tweets/s, the ratios c/a, c/b, d/b and d/c, and each way's Jaccard (unconstrained outputs that do not
-name a valid word span fall back to the whole tweet, and are counted). (a) and (b) call plain
+(a)-(e) run fp32. Prints tweets/s, the ratios c/a, c/b, d/b, e/b, f/b and d/c, and each way's
+Jaccard (unconstrained outputs that do not name a valid word span fall back to the whole tweet,
+and are counted). (a) and (b) call plain
 `generate`, which knows nothing of the pointer term of our models (model.span_logits): their
 speed is the comparison, their spans are not what the model would choose. Then the model's
-arithmetic: FLOPs per tweet of (d) (counted by torch.utils.flop_counter), this CPU's fp32
-matrix-multiply peak (measured here), and the share of that peak (d) runs at.
+arithmetic: FLOPs per tweet of (d) (counted by torch.utils.flop_counter), this CPU's fp32 and
+bf16 matrix-multiply peaks (measured here), and the share of its peak (d) and (f) run at.
 
     python bench/throughput.py [--model default] [--data ../shared/data/tweets/labeled.csv] [--n 2000]
 """
@@ -76,9 +78,9 @@ def hf_batched(model, codec, words_list, sentiments, batch_size=64):
     return torch.cat(outputs)
 
 
-def matmul_peak(size: int = 1024, repeats: int = 20) -> float:
-    """This CPU's fp32 matrix-multiply rate, FLOP/s: the best of a few timed runs of one size."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(size: int = 1024, repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
+    """This CPU's matrix-multiply rate, FLOP/s: the best of a few timed runs of one size."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
@@ -106,52 +108,54 @@ def main() -> None:
     else:
         tweets, source = synthetic_tweets(args.n, seed=11), "synthetic tweets"
     tweets = tweets[: args.n]
-    loaded = load_model(args.model)
-    extractor = SpanExtractor(loaded, device="cpu")
+    # fp32 for the baselines and (c), (d): what a plain user of the checkpoint runs
+    extractor = SpanExtractor(load_model(args.model), device="cpu", precision="float32")
     codec, model = extractor.codec, extractor.model
     texts, sentiments, truth = [t.text for t in tweets], [t.sentiment for t in tweets], [t.selected_text for t in tweets]
     words_list = [codec.words(t) for t in texts]
-    print(f"{len(tweets)} tweets from {source}; model {loaded.version} "
+    print(f"{len(tweets)} tweets from {source}; model {extractor.version} "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters); {args.threads} threads")
 
-    extractor.extract(texts[:64], sentiments[:64])  # warm-up: first calls allocate
+    def timed(key: str, run) -> None:
+        started = time.perf_counter()
+        spans, invalid = run()
+        results[key] = (time.perf_counter() - started, spans, invalid)
+
+    def spans_of(way: SpanExtractor):
+        way.extract(texts[:64], sentiments[:64])  # warm-up: first calls allocate
+        return lambda: ([r.span for r in way.extract(texts, sentiments)], 0)
+
     results = {}
-    started = time.perf_counter()
-    seed_spans, seed_invalid = spans_from_generated(codec, words_list, seed_way(model, codec, words_list, sentiments))
-    results["a"] = (time.perf_counter() - started, seed_spans, seed_invalid)
-    started = time.perf_counter()
-    hf_spans, hf_invalid = spans_from_generated(codec, words_list, hf_batched(model, codec, words_list, sentiments))
-    results["b"] = (time.perf_counter() - started, hf_spans, hf_invalid)
-    greedy = SpanExtractor(loaded, device="cpu", **DECODING_CHOICES["greedy"])
-    started = time.perf_counter()
-    greedy_spans = [r.span for r in greedy.extract(texts, sentiments)]
-    results["c"] = (time.perf_counter() - started, greedy_spans, 0)
-    started = time.perf_counter()
-    ours = [r.span for r in extractor.extract(texts, sentiments)]
-    results["d"] = (time.perf_counter() - started, ours, 0)
-    quantized = SpanExtractor(load_model(args.model), device="cpu", quantize_int8=True)
-    quantized.extract(texts[:64], sentiments[:64])
-    started = time.perf_counter()
-    quantized_spans = [r.span for r in quantized.extract(texts, sentiments)]
-    results["e"] = (time.perf_counter() - started, quantized_spans, 0)
+    timed("a", lambda: spans_from_generated(codec, words_list, seed_way(model, codec, words_list, sentiments)))
+    timed("b", lambda: spans_from_generated(codec, words_list, hf_batched(model, codec, words_list, sentiments)))
+    timed("c", spans_of(SpanExtractor(load_model(args.model), device="cpu", precision="float32",
+                                      **DECODING_CHOICES["greedy"])))
+    timed("d", spans_of(extractor))
+    timed("e", spans_of(SpanExtractor(load_model(args.model), device="cpu", quantize_int8=True)))
+    shipped = SpanExtractor(load_model(args.model), device="cpu")  # precision "auto", as users run it
+    timed("f", spans_of(shipped))
 
     names = {"a": "seed: one generate per tweet", "b": "HF generate, batches of 64", "c": "SpanExtractor, greedy",
-             "d": "SpanExtractor, expected Jaccard", "e": "(d), int8 dynamic"}
+             "d": "SpanExtractor, expected Jaccard", "e": "(d), int8 dynamic",
+             "f": f"(d), precision auto: {str(shipped.dtype).removeprefix('torch.')}"}
     for key, (seconds, spans, invalid) in results.items():
         print(f"({key}) {names[key]:<32} {len(tweets) / seconds:9.1f} tweets/s  jaccard {mean_jaccard(spans, truth):.4f}"
               f"  invalid outputs {invalid}")
     ratio = {k: results[k][0] for k in results}
     print(f"c/a = {ratio['a'] / ratio['c']:.1f}x   c/b = {ratio['b'] / ratio['c']:.1f}x   "
           f"d/b = {ratio['b'] / ratio['d']:.1f}x   e/b = {ratio['b'] / ratio['e']:.1f}x   "
-          f"time d/c = {ratio['d'] / ratio['c']:.2f}x (expected Jaccard against greedy)")
+          f"f/b = {ratio['b'] / ratio['f']:.1f}x   time d/c = {ratio['d'] / ratio['c']:.2f}x (expected Jaccard "
+          f"against greedy)")
     sample = min(512, len(texts))
     with FlopCounterMode(display=False) as counter:
         extractor.extract(texts[:sample], sentiments[:sample])
     flops_per_tweet = counter.get_total_flops() / sample
-    peak = matmul_peak()
-    achieved = flops_per_tweet * len(tweets) / ratio["d"]
-    print(f"model FLOPs per tweet {flops_per_tweet / 1e9:.3f} G; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
-          f"({args.threads} threads); (d) runs at {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of it")
+    print(f"model FLOPs per tweet {flops_per_tweet / 1e9:.3f} G ({args.threads} threads)")
+    for key, dtype in (("d", torch.float32), ("f", shipped.dtype)):
+        peak = matmul_peak(dtype=dtype)
+        achieved = flops_per_tweet * len(tweets) / ratio[key]
+        print(f"({key}): {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of the measured "
+              f"{str(dtype).removeprefix('torch.')} matmul peak, {peak / 1e9:.0f} GFLOP/s")
 
     if args.profile:
         profiler = cProfile.Profile()

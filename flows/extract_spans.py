@@ -76,7 +76,7 @@ def extract_spans(
     model: model directory, 'default', 'promoted' or 'full-text-baseline' (a directory is checked against
         SPAN_JOBS_ROOTS when it is loaded)
     token_budget: most padded tokens per inference batch [default: 4096 on CPU, 65536 on GPU]
-    decoding: 'expected-jaccard' (best spans) or 'greedy' (about 2x faster on CPU)
+    decoding: 'expected-jaccard' (best spans) or 'greedy' (about 1.25x faster on CPU)
     max_attempts: runs that may hit a storage read error on a file before it is recorded as failed
     fan_out: dispatch one extract-file flow run per new file to the work pool instead of extracting here
     ray_actors, ray_gpus_per_actor: run the model stage on a Ray actor pool (span-jobs[ray];

@@ -156,10 +156,10 @@ def calibrate(loaded: LoadedModel, validation: list[LabeledTweet], device: str =
     choice, report = split_validation_parts(validation)
     if not choice or not report:
         raise DataError(f"calibration needs both parts of validation; got {len(choice)} and {len(report)} tweets")
-    config, fitted = fit_decision(SpanExtractor(loaded, device=device, cast_to_bf16_on_gpu=False), choice)
+    config, fitted = fit_decision(SpanExtractor(loaded, device=device, precision="float32"), choice)
     for key, value in config.items():
         setattr(loaded.model.config, key, value)
-    calibrated = SpanExtractor(loaded, device=device, cast_to_bf16_on_gpu=False)
+    calibrated = SpanExtractor(loaded, device=device, precision="float32")
     summary = {**config, "choice_part": fitted, "report_part": calibration_figures(calibrated, report)}
     log.info("calibration: sentiment ECE %.4f -> %.4f on the report part; confidence temperature %.2f",
              summary["report_part"]["sentiment_ece_before"], summary["report_part"]["sentiment_ece_after"],

@@ -82,6 +82,10 @@ def model_option(default: str = "default"):
                         help="A model directory, 'default' (shipped), 'promoted' (the registry's champion)"
                              " or 'full-text-baseline' (the whole tweet, no model).")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+    help="Inference dtype: auto is bfloat16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX; about 2x "
+         "faster at the same Jaccard), float32 elsewhere.")
 decoding_option = click.option(
     "--decoding", type=click.Choice(["expected-jaccard", "greedy"]), default="expected-jaccard", show_default=True,
     help="How a span is chosen: the highest expected Jaccard among 12x12 candidates, or greedy (about 1.25x faster on CPU).",
@@ -159,8 +163,9 @@ def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_s
 @device_option
 @budget_option
 @decoding_option
+@precision_option
 def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, as_json, device, token_budget,
-             decoding):
+             decoding, precision):
     """Score a model's spans on labeled tweets with word-level Jaccard.
 
     Example: span-jobs evaluate --model /tmp/m --data labeled.csv --split validation --json
@@ -172,7 +177,7 @@ def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, a
     tweets = select_split(read_labeled(data_path).tweets, split)
     tweets = tweets[:limit] if limit else tweets
     extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, progress=True,
-                               decoding=decoding)
+                               decoding=decoding, precision=precision)
     figures = {"split": split, **evaluate_model(extractor, tweets, predict_sentiment=predict_sentiment)}
     if as_json:
         click.echo(json.dumps(figures))
@@ -216,7 +221,8 @@ def calibrate(model_dir, data_path, device):
 @device_option
 @budget_option
 @decoding_option
-def predict(model_spec, registry, input_path, output_path, device, token_budget, decoding):
+@precision_option
+def predict(model_spec, registry, input_path, output_path, device, token_budget, decoding, precision):
     """Add sentiment, sentiment_prob, span, span_start, span_end, span_confidence and model_version to a file.
 
     Example: span-jobs predict --model promoted --input tweets.csv --output spans.parquet
@@ -224,7 +230,7 @@ def predict(model_spec, registry, input_path, output_path, device, token_budget,
     from .predict import predict_file
 
     written = predict_file(input_path, output_path, model_spec, registry=registry, device=device,
-                           token_budget=token_budget, decoding=decoding)
+                           token_budget=token_budget, decoding=decoding, precision=precision)
     click.echo(f"wrote {written} rows to {output_path}")
 
 
@@ -236,6 +242,7 @@ def predict(model_spec, registry, input_path, output_path, device, token_budget,
 @device_option
 @budget_option
 @decoding_option
+@precision_option
 @click.option("--settle-seconds", default=10.0, show_default=True,
               help="Leave files modified this recently for a later run (they may still be being written).")
 @click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(min=1),
@@ -245,8 +252,8 @@ def predict(model_spec, registry, input_path, output_path, device, token_budget,
                    "joins a cluster); 0 runs it in this process.")
 @click.option("--ray-gpus-per-actor", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="With --ray-actors: GPUs each actor holds (1: one model per GPU).")
-def extract(inbox, database, model_spec, registry, device, token_budget, decoding, settle_seconds, max_attempts,
-            ray_actors, ray_gpus_per_actor):
+def extract(inbox, database, model_spec, registry, device, token_budget, decoding, precision, settle_seconds,
+            max_attempts, ray_actors, ray_gpus_per_actor):
     """Extract spans from new inbox files into DuckDB (what the extract-spans flow runs).
 
     Example: span-jobs extract --inbox inbox/ --database spans.duckdb --model promoted
@@ -258,9 +265,10 @@ def extract(inbox, database, model_spec, registry, device, token_budget, decodin
         from .ray_stage import RayExtractor
 
         extractor = RayExtractor(model_spec, registry, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor,
-                                 device=device, token_budget=token_budget, decoding=decoding)
+                                 device=device, token_budget=token_budget, decoding=decoding, precision=precision)
     else:
-        extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, decoding=decoding)
+        extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, decoding=decoding,
+                                   precision=precision)
     summary = run_extract(inbox, database, extractor, settle_seconds=settle_seconds, max_attempts=max_attempts)
     for f in summary.files:
         click.echo(f"{f.status:<8} {f.path}: {f.rows_in} in, {f.rows_stored} stored, {f.rows_quarantined} quarantined"

@@ -10,7 +10,8 @@ from .extract import annotate, make_extractor
 
 
 def predict_file(input_path: Path, output_path: Path, model_spec: str, registry: Path | None = None,
-                 device: str = "auto", token_budget: int | None = None, decoding: str = "expected-jaccard") -> int:
+                 device: str = "auto", token_budget: int | None = None, decoding: str = "expected-jaccard",
+                 precision: str = "auto") -> int:
     """Read tweets, predict, write Parquet with the prediction columns added; returns rows written.
 
     A file with empty texts or unknown sentiment labels is refused with the row named, since a
@@ -29,7 +30,7 @@ def predict_file(input_path: Path, output_path: Path, model_spec: str, registry:
         except ValueError as exc:
             raise DataError(f"{input_path}: row {row}: {exc}") from exc
     extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, progress=True,
-                               decoding=decoding)
+                               decoding=decoding, precision=precision)
     frame = frame.drop(columns=[c for c in ("sentiment",) if c in frame.columns])
     for name, values in annotate(extractor, texts, sentiments).items():
         frame[name] = values

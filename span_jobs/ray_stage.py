@@ -28,8 +28,9 @@ RESULT_COLUMNS = RESULT_SCHEMA.names  # SpanResult's fields, in its order
 class ExtractBatches:
     """A Ray actor: the model loads once, in the constructor; each call extracts one block."""
 
-    def __init__(self, model: str, device: str, token_budget: int | None, decoding: str):
-        self.extractor = make_extractor(model, device=device, token_budget=token_budget, decoding=decoding)
+    def __init__(self, model: str, device: str, token_budget: int | None, decoding: str, precision: str):
+        self.extractor = make_extractor(model, device=device, token_budget=token_budget, decoding=decoding,
+                                        precision=precision)
         self.blocks_done = 0
 
     def extract(self, block: pa.Table) -> pa.Table:
@@ -51,7 +52,7 @@ class RayExtractor:
 
     def __init__(self, model: str, registry: str | Path | None = None, actors: int = 1, gpus_per_actor: float = 0,
                  batch_size: int = 1024, device: str = "auto", token_budget: int | None = None,
-                 decoding: str = "expected-jaccard", address: str | None = None):
+                 decoding: str = "expected-jaccard", address: str | None = None, precision: str = "auto"):
         import ray
 
         if model == FULL_TEXT_BASELINE:
@@ -64,8 +65,8 @@ class RayExtractor:
             ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
         actor_class = ray.remote(num_gpus=gpus_per_actor)(ExtractBatches)
-        self.actors = [actor_class.remote(self.model, device if gpus_per_actor else "cpu", token_budget, decoding)
-                       for _ in range(actors)]
+        self.actors = [actor_class.remote(self.model, device if gpus_per_actor else "cpu", token_budget, decoding,
+                                          precision) for _ in range(actors)]
 
     def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]:
         from ray.util import ActorPool

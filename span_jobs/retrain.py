@@ -91,7 +91,7 @@ def decide(challenger: Scores, champion: Scores | None, baseline: Scores) -> tup
 def _champion_now(registry: Registry, device: str) -> SpanExtractor | None:
     """The model in service: the champion, or the shipped default while nothing has been promoted."""
     try:
-        return SpanExtractor(load_model_dir(registry.champion_dir()), device=device)
+        return SpanExtractor(load_model_dir(registry.champion_dir()), device=device, precision="float32")
     except ModelError:  # nothing promoted and no default shipped
         return None
 
@@ -126,7 +126,8 @@ def retrain(data: str | Path | Sequence[str | Path], config: TrainConfig, regist
     staging = registry.models_dir / f".{run_id}.training"
     try:
         result = train(labeled, staging, config, command=f"retrain-model {outcome.data_path}")
-        challenger = score(SpanExtractor(load_model_dir(staging), device=device), validation)
+        # the gate scores in fp32, as training measures: the same figures on every machine
+        challenger = score(SpanExtractor(load_model_dir(staging), device=device, precision="float32"), validation)
         outcome.challenger_version = result.version
         outcome.challenger_jaccard = challenger.jaccard
         outcome.challenger_end_to_end_jaccard = challenger.end_to_end_jaccard

@@ -191,7 +191,7 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Ran
 def validate(loaded: LoadedModel, tweets: list[LabeledTweet], device: str, predict_sentiment: bool,
              mbr_temperature: float | None = None) -> dict:
     """Validation figures of the model being trained; its fp32 weights stay as they are (autocast on GPU)."""
-    extractor = SpanExtractor(loaded, device=device, cast_to_bf16_on_gpu=False, mbr_temperature=mbr_temperature)
+    extractor = SpanExtractor(loaded, device=device, precision="float32", mbr_temperature=mbr_temperature)
     on_gpu = extractor.device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
         figures = evaluate_model(extractor, tweets, predict_sentiment)

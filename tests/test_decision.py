@@ -146,11 +146,12 @@ def test_extract_on_raw_parquet_scores_what_evaluate_predict_sentiment_reports(t
 
     runner = CliRunner()
     database = tmp_path / "spans.duckdb"
+    # fp32: exact whatever the batches (two files here, one set there); bf16 agrees to rounding
     extracted = runner.invoke(cli, ["extract", "--inbox", str(inbox), "--database", str(database), "--model",
-                                    "default", "--device", "cpu", "--settle-seconds", "0"])
+                                    "default", "--device", "cpu", "--settle-seconds", "0", "--precision", "float32"])
     assert extracted.exit_code == 0, extracted.output
     evaluated = runner.invoke(cli, ["evaluate", "--model", "default", "--data", str(labeled), "--predict-sentiment",
-                                    "--json", "--device", "cpu"])
+                                    "--json", "--device", "cpu", "--precision", "float32"])
     assert evaluated.exit_code == 0, evaluated.output
     figures = json.loads(evaluated.stdout)
 

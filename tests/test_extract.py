@@ -71,7 +71,8 @@ def test_result_in_a_padded_batch_equals_result_alone(trained_extractor, sentime
 
 
 def test_small_token_budget_gives_the_same_results(trained_model_dir, trained_extractor):
-    small = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", token_budget=64, max_batch_size=2)
+    small = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", token_budget=64, max_batch_size=2,
+                          precision="float32")
     for a, b in zip(small.extract(VARIED * 2), trained_extractor.extract(VARIED * 2), strict=True):
         same_result(a, b)
 
@@ -498,13 +499,13 @@ def reference_two_markers(extractor: SpanExtractor, batch, n_words: torch.Tensor
 @pytest.mark.parametrize("pointer", ["trained", "word", True, None])
 def test_the_cached_marker_only_decoder_gives_the_plain_computations_candidates(pointer, trained_model_dir, tokenizer):
     if pointer == "trained":
-        extractor = SpanExtractor(load_model_dir(trained_model_dir), device="cpu")
+        extractor = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", precision="float32")
     else:
         from span_jobs.model import LoadedModel, ModelMetadata
 
         model = build_model("tiny", tokenizer, seed=3, pointer=pointer)
         extractor = SpanExtractor(LoadedModel(model, tokenizer, ModelMetadata(version="t", created_at="", preset="tiny")),
-                                  device="cpu")
+                                  device="cpu", precision="float32")
     codec = extractor.codec
     texts = ["i love this day so much", "ugh", LONG, "so sad today", "work work work and more work tomorrow"]
     words = [codec.words(t) for t in texts]
@@ -536,3 +537,32 @@ def test_expected_jaccard_over_the_likeliest_reference_scores_every_candidate_ag
         by_hand = pair_jaccard(first[row:row + 1], last[row:row + 1], first[row:row + 1, kept],
                                last[row:row + 1, kept])[0] @ weight
         assert torch.allclose(pruned[row], by_hand, atol=1e-6)
+
+
+# ---- precision ------------------------------------------------------------------------------------
+def test_auto_precision_is_bf16_on_gpus_and_on_cpus_with_native_bf16_only():
+    from span_jobs.extract import has_native_bf16, pick_dtype
+
+    cpu = torch.device("cpu")
+    assert pick_dtype("auto", cpu) == (torch.bfloat16 if has_native_bf16() else torch.float32)
+    assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype("float32", torch.device("cuda")) == torch.float32
+    assert pick_dtype("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        pick_dtype("float16", cpu)
+
+
+def test_bf16_inference_gives_whole_word_spans_close_to_fp32(trained_model_dir, trained_extractor):
+    bf16 = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", precision="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    texts = VARIED * 3
+    for sentiments in (None, ["positive"] * len(texts)):
+        fast, exact = bf16.extract(texts, sentiments), trained_extractor.extract(texts, sentiments)
+        for text, a in zip(texts, fast):
+            assert_whole_word_span(text, a)
+            assert 0.0 <= a.span_confidence <= 1.0
+        agree = sum((a.span, a.sentiment) == (b.span, b.sentiment) for a, b in zip(fast, exact)) / len(texts)
+        assert agree >= 0.8, agree
+        for a, b in zip(fast, exact):
+            if b.sentiment_prob is not None and a.sentiment == b.sentiment:
+                assert a.sentiment_prob == pytest.approx(b.sentiment_prob, abs=0.03)
