@@ -63,6 +63,7 @@ class TrainConfig:
     repair_labels: bool = False
     # the pretrained encoder that teachers and --pretrained-embeddings start from; None: span-jobs[teacher]'s MiniLM
     teacher_dir: str | None = None
+    cpu_bf16: bool = False  # bf16 autocast on CPU too (GPUs always): for CPUs with native bf16 (extract.has_native_bf16)
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
 
@@ -310,7 +311,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
     )
     rng = random.Random(config.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or config.cpu_bf16)
 
     # ---- loop: train an epoch, validate, keep the best ---------------------------------------
     metadata = ModelMetadata(

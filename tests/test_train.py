@@ -159,3 +159,14 @@ def test_length_bucketed_batches_cover_every_example_once():
     # bucketing: padding within a batch is far below what random batches would give
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 15
+
+
+def test_bf16_autocast_on_cpu_trains_and_saves_fp32_weights(tmp_path, trained_data):
+    import torch
+    from safetensors import safe_open
+
+    result = train(trained_data, tmp_path / "m", TrainConfig(preset="tiny", epochs=1, batch_size=32, vocab_size=400,
+                                                             device="cpu", seed=0, cpu_bf16=True))
+    assert 0.0 <= result.validation["jaccard"] <= 1.0 and result.history[0]["train_loss"] > 0
+    with safe_open(str(result.directory / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
