@@ -35,6 +35,13 @@ def teacher_base_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+def pretrained_encoder(directory: Path | None = None) -> tuple[nn.Module, object]:
+    """(encoder, tokenizer) of a BERT-style directory, by default span-jobs[teacher]'s MiniLM; local files only."""
+    directory = directory or teacher_base_dir()
+    encoder = AutoModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
+    return encoder, AutoTokenizer.from_pretrained(directory, local_files_only=True)
+
+
 @dataclass
 class SoftSpan:
     """The teacher's view of one tweet: P(first word = i) and P(last word = j), over its words."""
@@ -58,9 +65,7 @@ class SpanTeacher(nn.Module):
 
     @classmethod
     def pretrained(cls, max_words: int, directory: Path | None = None) -> "SpanTeacher":
-        directory = directory or teacher_base_dir()
-        encoder = AutoModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
-        return cls(encoder, AutoTokenizer.from_pretrained(directory, local_files_only=True), max_words)
+        return cls(*pretrained_encoder(directory), max_words)
 
     def word_states(self, words: list[Words], sentiments: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, max_words, H) last-layer state at each word's first sub-token, and a (B, max_words) mask."""
@@ -106,9 +111,7 @@ class SentimentTeacher(nn.Module):
 
     @classmethod
     def pretrained(cls, max_words: int, directory: Path | None = None) -> "SentimentTeacher":
-        directory = directory or teacher_base_dir()
-        encoder = AutoModel.from_pretrained(directory, use_safetensors=True, local_files_only=True)
-        return cls(encoder, AutoTokenizer.from_pretrained(directory, local_files_only=True), max_words)
+        return cls(*pretrained_encoder(directory), max_words)
 
     def sentiment_logits(self, words: list[Words]) -> torch.Tensor:
         """(B, 3) label logits in SENTIMENTS order."""
@@ -143,29 +146,22 @@ def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, l
         located = locate_selection(words, selected)
         if located is not None:
             examples.append((words, t.sentiment, located))
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01)
-    total = epochs * math.ceil(len(examples) / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
     rng = random.Random(seed)
-    teacher.train()
-    for epoch in range(epochs):
+
+    def epoch_batches():
         rng.shuffle(examples)
-        batches = [examples[i: i + batch_size] for i in range(0, len(examples), batch_size)]
-        for batch in tqdm(batches, desc=f"teacher epoch {epoch + 1}", leave=False):
-            logits, mask = teacher.word_logits([w for w, _, _ in batch], [s for _, s, _ in batch])
-            first = torch.tensor([f for _, _, (f, _) in batch], device=logits.device)
-            last = torch.tensor([l for _, _, (_, l) in batch], device=logits.device)
-            labels = torch.tensor([SENTIMENTS.index(s) for _, s, _ in batch], device=logits.device)
-            loss = (nn.functional.cross_entropy(_masked(logits[..., 0], mask), first)
-                    + nn.functional.cross_entropy(_masked(logits[..., 1], mask), last)
-                    + nn.functional.cross_entropy(teacher.sentiment_logits([w for w, _, _ in batch]), labels))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-    teacher.eval()
-    return teacher
+        return [examples[i: i + batch_size] for i in range(0, len(examples), batch_size)]
+
+    def loss_of(batch):
+        logits, mask = teacher.word_logits([w for w, _, _ in batch], [s for _, s, _ in batch])
+        first = torch.tensor([f for _, _, (f, _) in batch], device=logits.device)
+        last = torch.tensor([l for _, _, (_, l) in batch], device=logits.device)
+        labels = torch.tensor([SENTIMENTS.index(s) for _, s, _ in batch], device=logits.device)
+        return (nn.functional.cross_entropy(_masked(logits[..., 0], mask), first)
+                + nn.functional.cross_entropy(_masked(logits[..., 1], mask), last)
+                + nn.functional.cross_entropy(teacher.sentiment_logits([w for w, _, _ in batch]), labels))
+
+    return _fine_tune(teacher, epoch_batches, loss_of, epochs, math.ceil(len(examples) / batch_size), lr, "teacher")
 
 
 def train_sentiment_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, lr: float = 5e-5,
@@ -178,19 +174,33 @@ def train_sentiment_teacher(tweets: list[LabeledTweet], max_words: int, epochs: 
     teacher = SentimentTeacher.pretrained(max_words, directory).to(device)
     # every labeled tweet teaches sentiment, also those whose selection maps to no word
     examples = [(split_words(t.text, max_words), SENTIMENTS.index(t.sentiment)) for t in tweets]
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01)
-    total = epochs * math.ceil(len(examples) / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
     rng = random.Random(seed)
     lengths = [len(t.text) for t in tweets]  # batches of similar lengths: less padding on 2 CPU cores
+
+    def epoch_batches():
+        return [[examples[i] for i in rows] for rows in length_bucketed_batches(lengths, batch_size, rng)]
+
+    def loss_of(batch):
+        logits = teacher.sentiment_logits([w for w, _ in batch])
+        return nn.functional.cross_entropy(logits, torch.tensor([label for _, label in batch], device=logits.device))
+
+    return _fine_tune(teacher, epoch_batches, loss_of, epochs, math.ceil(len(examples) / batch_size), lr,
+                      "sentiment teacher")
+
+
+def _fine_tune(teacher: nn.Module, epoch_batches, loss_of, epochs: int, batches_per_epoch: int, lr: float,
+               name: str) -> nn.Module:
+    """AdamW with a linear decay to zero and gradients clipped at 1: every teacher's fine-tuning.
+
+    ``epoch_batches()`` gives one epoch's batches; ``loss_of(batch)`` the loss to step on.
+    """
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01)
+    total = epochs * batches_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
     teacher.train()
     for epoch in range(epochs):
-        for rows in tqdm(length_bucketed_batches(lengths, batch_size, rng), desc=f"sentiment teacher epoch {epoch + 1}",
-                         leave=False):
-            batch = [examples[i] for i in rows]
-            logits = teacher.sentiment_logits([w for w, _ in batch])
-            labels = torch.tensor([label for _, label in batch], device=logits.device)
-            loss = nn.functional.cross_entropy(logits, labels)
+        for batch in tqdm(epoch_batches(), desc=f"{name} epoch {epoch + 1}", leave=False):
+            loss = loss_of(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
@@ -251,10 +261,8 @@ def pretrained_piece_embeddings(tokenizer, dim: int, directory: Path | None = No
     ``tokenizer.sp`` pieces; control, byte and lexicon pieces (``<lex+>``) keep their random start,
     and the label pieces get the words' own embeddings ("positive", "negative", "neutral").
     """
-    directory = directory or teacher_base_dir()
-    wordpiece = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    table = AutoModel.from_pretrained(directory, use_safetensors=True, local_files_only=True).get_input_embeddings()
-    table = table.weight.detach().float()  # (30522, 384)
+    encoder, wordpiece = pretrained_encoder(directory)
+    table = encoder.get_input_embeddings().weight.detach().float()  # (30522, 384)
     vocab = wordpiece.get_vocab()
     sp = tokenizer.sp
     n = sp.get_piece_size()
