@@ -102,7 +102,6 @@ def _attach_lake(con: duckdb.DuckDBPyConnection, database: str | Path, read_only
                 hint = "" if data else " (creating a lake needs its data path: --lake-data DIR or SPAN_JOBS_LAKE_DATA)"
                 raise StoreError(f"cannot attach the lake: {str(exc).splitlines()[0]}{hint}") from exc
             time.sleep(0.2 * (attempt + 1) * (0.5 + random.random()))
-    _wait_for_catalog(con, "use lake")
 
 
 def _wait_for_catalog(con: duckdb.DuckDBPyConnection, statement: str) -> None:
