@@ -8,6 +8,7 @@ was chosen or fitted; data.split_validation_parts), tweets the model never train
     beside the plain threshold rule (whole tweet when P(neutral) > 0.15, else the likelier
     polarity's span) that the decision under uncertainty must beat;
   - calibration: sentiment ECE before and after, mean span_confidence against the mean Jaccard;
+  - the teachers' figures on the same tweets, as measured when the model was trained (distilled models);
   - sentiment accuracy on those tweets and on the unlabeled file (it carries the true sentiment);
   - CPU inference speed of SpanExtractor on those tweets.
 
@@ -85,6 +86,11 @@ def main() -> None:
     for s, group in figures["per_sentiment"].items():
         print(f"  {s:<9} {group['jaccard']:.4f}   (full text {baseline['per_sentiment'][s]['jaccard']:.4f}, "
               f"lexicon rule {rule['per_sentiment'][s]['jaccard']:.4f}, n={group['n']})")
+    teacher = loaded.metadata.training.get(f"teacher_{args.split.removeprefix('validation-')}_part")
+    if teacher:  # measured when the model was trained (the teachers are not kept), on these same tweets
+        print(f"  teacher (at training): jaccard {teacher['jaccard']:.4f}, sentiment accuracy "
+              + ", ".join(f"{k.removesuffix('_sentiment_accuracy')} {v:.4f}" for k, v in teacher.items()
+                          if k.endswith("sentiment_accuracy")))
     floor = score_predictions(tweets, threshold_rule(extractor, tweets))
     print(f"jaccard, sentiment tagged by the model (end to end) {figures['predicted_sentiment']['jaccard']:.4f}   "
           f"(full text {baseline['jaccard']:.4f}, threshold rule P(neutral) > 0.15 {floor['jaccard']:.4f})")
@@ -97,7 +103,7 @@ def main() -> None:
           f"{calibration['mean_span_confidence']:.4f} vs mean jaccard {calibration['mean_jaccard']:.4f} (end to end)")
 
     result = {"model_version": loaded.version, "split": args.split, "figures": figures, "baseline": baseline,
-              "lexicon_rule": rule, "threshold_rule": floor, "calibration": calibration}
+              "lexicon_rule": rule, "threshold_rule": floor, "calibration": calibration, "teacher": teacher}
     if args.unlabeled.exists():
         raw = read_raw(args.unlabeled)
         rows = raw[raw["text"].str.strip() != ""]

@@ -267,8 +267,11 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                                 device=str(device), directory=teacher_dir, repair_labels=config.repair_labels)
         soft = soft_spans(teacher, train_tweets + val_tweets)
         del teacher
-        teacher_figures = {"jaccard": _score_spans(codec, choice_tweets, teacher_spans(soft, choice_tweets))["jaccard"],
-                           "joint_sentiment_accuracy": _soft_accuracy(soft, choice_tweets)}
+        # the teacher's own figures, beside the student's on the same tweets (bench/quality.py prints them)
+        teacher_parts = {"choice_part": choice_tweets, "report_part": report_tweets}
+        teacher_figures = {part: {"jaccard": _score_spans(codec, tweets, teacher_spans(soft, tweets))["jaccard"],
+                                  "joint_sentiment_accuracy": _soft_accuracy(soft, tweets)}
+                           for part, tweets in teacher_parts.items() if tweets}
         if config.sentiment_teacher == "classifier":
             from .teacher import soft_sentiments, train_sentiment_teacher
 
@@ -277,8 +280,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
             for tweet_id, probs in soft_sentiments(classifier, train_tweets + val_tweets).items():
                 soft[tweet_id].sentiment = probs
             del classifier
-            teacher_figures["classifier_sentiment_accuracy"] = _soft_accuracy(soft, choice_tweets)
-        log.info("teacher on the choice part: %s", teacher_figures)
+            for part, figures in teacher_figures.items():
+                figures["classifier_sentiment_accuracy"] = _soft_accuracy(soft, teacher_parts[part])
+        log.info("teacher: %s", teacher_figures)
 
     # ---- examples --------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # what follows draws the same whether the teacher trained in this run or not
@@ -322,7 +326,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         training={"command": command, "config": {k: v for k, v in asdict(config).items() if k != "extra_texts"}},
     )
     if soft is not None:
-        metadata.training["teacher_choice_part"] = teacher_figures  # beside the student's, same tweets
+        metadata.training.update({f"teacher_{part}": figures for part, figures in teacher_figures.items()})
     history: list[dict] = []
     best: dict | None = None
     step = 0

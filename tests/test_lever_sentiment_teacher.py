@@ -47,10 +47,12 @@ def test_an_unknown_sentiment_teacher_is_refused_before_training(tmp_path):
 def test_a_distilled_run_with_the_classifier_reports_both_teachers_beside_the_student(tmp_path, wordpiece_dir,
                                                                                      trained_data):
     """A real (tiny) run: span teacher, classifier and student all train; the teachers' figures on the
-    choice part travel in the model's metadata."""
+    choice and the report part travel in the model's metadata."""
     config = TrainConfig(preset="tiny", vocab_size=400, epochs=1, distill=True, state_weight=0,
                          sentiment_teacher="classifier", teacher_dir=str(wordpiece_dir))
     result = train(trained_data, tmp_path / "model", config)
-    figures = ModelMetadata.read(result.directory).training["teacher_choice_part"]
-    assert set(figures) == {"jaccard", "joint_sentiment_accuracy", "classifier_sentiment_accuracy"}
-    assert all(0 <= v <= 1 for v in figures.values())
+    training = ModelMetadata.read(result.directory).training
+    for part in ("choice_part", "report_part"):
+        figures = training[f"teacher_{part}"]
+        assert set(figures) == {"jaccard", "joint_sentiment_accuracy", "classifier_sentiment_accuracy"}
+        assert all(0 <= v <= 1 for v in figures.values())
