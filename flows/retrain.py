@@ -21,14 +21,15 @@ def retrain_model(
     new_data: str | None = None,
     registry: str | None = None,
     database: str | None = None,
-    preset: str = "small",
+    recipe: str | None = None,
+    preset: str | None = None,
     init_from: str | None = None,
-    epochs: int = 4,
-    lr: float = 1e-3,
-    batch_size: int = 64,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
     limit: int | None = None,
-    distill: bool = False,
-    pretrained_embeddings: bool = False,
+    distill: bool | None = None,
+    pretrained_embeddings: bool | None = None,
     device: str = "auto",
 ) -> dict:
     """Retrain on labeled data and promote only a challenger that is better with the sentiment given
@@ -38,6 +39,8 @@ def retrain_model(
     new_data: a new labeled file to add to data (the labeled-data event passes it): the run trains
     and gates on all of it, not on the new file alone
 
+    recipe: 'default' trains the way the shipped default model was (span_jobs.train.RECIPES; needs
+    span-jobs[teacher]); the training settings left unset (None) come from it, else from TrainConfig.
     init_from: None for a fresh model of `preset`, 'promoted' to fine-tune the champion, or a local
     Hugging Face T5 directory.
     """
@@ -47,8 +50,9 @@ def retrain_model(
         sources.append(str(settings.checked_path(new_data, "new data")))
     registry = str(settings.checked_path(registry or settings.registry_root(), "registry"))
     database = str(settings.checked_database(database or settings.default_database()))
-    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, batch_size=batch_size,
-                         limit=limit, distill=distill, pretrained_embeddings=pretrained_embeddings, device=device)
+    config = TrainConfig.from_recipe(recipe, preset=preset, init_from=init_from, epochs=epochs, lr=lr,
+                                     batch_size=batch_size, limit=limit, distill=distill,
+                                     pretrained_embeddings=pretrained_embeddings, device=device)
     run_id = f"retrain-{flow_run.get_id() or 'local'}"
     outcome = retrain(sources, config, registry_root=registry, database=database, run_id=run_id, device=device)
     logger.info("%s", outcome.reason)

@@ -90,6 +90,26 @@ decoding_option = click.option(
     "--decoding", type=click.Choice(["expected-jaccard", "greedy"]), default="expected-jaccard", show_default=True,
     help="How a span is chosen: the highest expected Jaccard among 12x12 candidates, or greedy (about 1.25x faster on CPU).",
 )
+recipe_option = click.option(
+    "--recipe", type=click.Choice(["default"]), default=None,
+    help="Train the way a named recipe does: 'default' is how the shipped default model was trained (needs "
+         "span-jobs[teacher]); its settings replace the defaults of the options not given.")
+
+
+teacher_dir_option = path_option(
+    "--teacher-dir", what="teacher", help="A BERT-style model directory (safetensors, tokenizer files) to distill "
+                                         "from and take embeddings from [default: span-jobs[teacher]'s MiniLM-L6].")
+
+
+def _given(ctx: click.Context, **options) -> dict:
+    """The options set on the command line; the rest come from the recipe or TrainConfig's defaults.
+    Paths become strings: a TrainConfig is written into the model's metadata as JSON."""
+    from click.core import ParameterSource
+
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()
+            if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+
+
 budget_option = click.option(
     "--token-budget", default=None, type=click.IntRange(min=64),
     help="Most padded tokens in one inference batch [default: 4096 on CPU, 65536 on GPU].",
@@ -128,9 +148,11 @@ def cli(verbose: bool) -> None:
                    "separate classifier fine-tuned from the same encoder (better sentiment, ~15 min more on 2 cores).")
 @click.option("--pretrained-embeddings", is_flag=True,
               help="Start the piece embeddings from MiniLM's (needs span-jobs[teacher]).")
+@teacher_dir_option
+@recipe_option
 @device_option
-def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_size, limit, seed, save_dtype, distill,
-          distill_weight, state_weight, sentiment_teacher, pretrained_embeddings, device):
+@click.pass_context
+def train(ctx, data_path, out_dir, recipe, **options):
     """Train a model on labeled tweets; keeps the checkpoint with the best validation Jaccard.
 
     Example: span-jobs train --data labeled.csv --preset tiny --epochs 1 --out /tmp/m
@@ -140,11 +162,7 @@ def train(data_path, out_dir, preset, init_from, epochs, batch_size, lr, vocab_s
     from .train import train as run_training
 
     data = read_labeled(data_path)
-    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, batch_size=batch_size, lr=lr,
-                         vocab_size=vocab_size, limit=limit, seed=seed, save_dtype=save_dtype, distill=distill,
-                         distill_weight=distill_weight, state_weight=state_weight,
-                         sentiment_teacher=sentiment_teacher,
-                         pretrained_embeddings=pretrained_embeddings, device=device)
+    config = TrainConfig.from_recipe(recipe, **_given(ctx, **options))
     result = run_training(data, out_dir, config, command=shlex.join(["span-jobs", *sys.argv[1:]]))
     click.echo(json.dumps({"model": str(result.directory), "version": result.version, **result.validation}))
 
@@ -291,9 +309,11 @@ def extract(inbox, database, model_spec, registry, device, token_budget, decodin
 @click.option("--distill", is_flag=True, help="Learn from a pretrained teacher too (needs span-jobs[teacher]).")
 @click.option("--pretrained-embeddings", is_flag=True,
               help="Start a fresh model's piece embeddings from MiniLM's (needs span-jobs[teacher]).")
+@teacher_dir_option
+@recipe_option
 @device_option
-def retrain(data_paths, registry, database, preset, init_from, epochs, lr, limit, distill, pretrained_embeddings,
-            device):
+@click.pass_context
+def retrain(ctx, data_paths, registry, database, recipe, device, **options):
     """Train a challenger and promote it only if it beats the champion with the sentiment given
     and is no worse end to end (both on the same validation split).
 
@@ -303,8 +323,7 @@ def retrain(data_paths, registry, database, preset, init_from, epochs, lr, limit
     from .retrain import retrain as run_retrain
     from .train import TrainConfig
 
-    config = TrainConfig(preset=preset, init_from=init_from, epochs=epochs, lr=lr, limit=limit, distill=distill,
-                         pretrained_embeddings=pretrained_embeddings, device=device)
+    config = TrainConfig.from_recipe(recipe, device=device, **_given(ctx, **options))
     outcome = run_retrain(list(data_paths), config, registry_root=registry, database=database, device=device)
     click.echo(json.dumps(outcome_dict(outcome)))
 

@@ -67,7 +67,23 @@ class TrainConfig:
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
 
+    @classmethod
+    def from_recipe(cls, recipe: str | None, **settings) -> "TrainConfig":
+        """A named recipe's settings (RECIPES), then the settings given on top; None means "not set"."""
+        if recipe is not None and recipe not in RECIPES:
+            raise TrainingError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        return cls(**{**RECIPES.get(recipe, {}), **{k: v for k, v in settings.items() if v is not None}})
+
+
 SENTIMENT_TEACHERS = ("joint", "classifier")
+
+# Named recipes: how a model is trained, for `span-jobs train --recipe`, `span-jobs retrain --recipe`
+# and the retrain-model flow. "default" is how the shipped default model was trained
+# (tests/test_default_model.py keeps the two equal); it needs span-jobs[teacher].
+RECIPES: dict[str, dict] = {
+    "default": {"preset": "small", "epochs": 5, "distill": True, "distill_weight": 0.9, "state_weight": 5.0,
+                "sentiment_teacher": "joint", "pretrained_embeddings": True, "save_dtype": "bfloat16"},
+}
 
 
 @dataclass

@@ -76,6 +76,28 @@ def test_train_prints_one_json_object_and_writes_the_model(cli_trained, labeled_
     assert metadata["training"]["command"].startswith("span-jobs")
 
 
+def test_train_with_a_recipe_takes_its_settings_where_no_option_is_given(tmp_path, labeled_csv, wordpiece_dir):
+    """--recipe default trains as the shipped model was (distilled, MiniLM embeddings, bf16 weights);
+    the options given on the command line win over it."""
+    from span_jobs.train import RECIPES
+
+    out = tmp_path / "model"
+    result = invoke("train", "--recipe", "default", "--data", labeled_csv, "--out", out, "--preset", "tiny",
+                    "--epochs", 1, "--limit", 80, "--vocab-size", 400, "--teacher-dir", wordpiece_dir,
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / METADATA_FILE).read_text())["training"]["config"]
+    assert config["preset"] == "tiny" and config["epochs"] == 1 and config["teacher_dir"] == str(wordpiece_dir)
+    recipe = {k: v for k, v in RECIPES["default"].items() if k not in ("preset", "epochs")}
+    assert recipe["distill"] and {k: config[k] for k in recipe} == recipe
+    assert config["batch_size"] == 64 and config["lr"] == 1e-3  # neither given nor in the recipe: the defaults
+
+
+def test_an_unknown_recipe_is_a_usage_error(tmp_path, labeled_csv):
+    result = invoke("train", "--recipe", "fastest", "--data", labeled_csv, "--out", tmp_path / "m")
+    assert result.exit_code == 2 and "fastest" in result.output
+
+
 def test_train_refuses_to_replace_a_folder_of_the_users_own_files(tmp_path, labeled_csv):
     out = tmp_path / "my-documents"
     out.mkdir()

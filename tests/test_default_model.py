@@ -39,6 +39,18 @@ def test_default_model_records_how_it_was_trained():
     assert validation["validation_percent"] == 10 and validation["jaccard"] >= 0.66
 
 
+def test_the_default_recipe_is_how_the_default_model_was_trained():
+    """`span-jobs train --recipe default` and `retrain --recipe default` train as the shipped model was."""
+    from span_jobs.train import RECIPES, TrainConfig
+
+    config = json.loads((DEFAULT_MODEL_DIR / METADATA_FILE).read_text())["training"]["config"]
+    # a setting added to TrainConfig after the model was trained had its default then
+    assert {k: config.get(k, getattr(TrainConfig(), k)) for k in RECIPES["default"]} == RECIPES["default"]
+    assert TrainConfig.from_recipe("default", epochs=1, lr=None).epochs == 1  # None: not set, the recipe's stays
+    assert TrainConfig.from_recipe("default", lr=None).epochs == RECIPES["default"]["epochs"]
+    assert TrainConfig.from_recipe(None) == TrainConfig()
+
+
 def test_default_model_was_trained_on_the_shared_labeled_file(real_labeled):
     metadata = json.loads((DEFAULT_MODEL_DIR / METADATA_FILE).read_text())
     assert metadata["data_digest"] == read_labeled(real_labeled).digest()

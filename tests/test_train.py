@@ -170,3 +170,8 @@ def test_bf16_autocast_on_cpu_trains_and_saves_fp32_weights(tmp_path, trained_da
     assert 0.0 <= result.validation["jaccard"] <= 1.0 and result.history[0]["train_loss"] > 0
     with safe_open(str(result.directory / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_an_unknown_recipe_raises_training_error():
+    with pytest.raises(TrainingError, match="unknown recipe 'fastest'; known: default"):
+        TrainConfig.from_recipe("fastest")
