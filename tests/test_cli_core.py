@@ -94,8 +94,13 @@ def test_train_with_a_recipe_takes_its_settings_where_no_option_is_given(tmp_pat
 
 
 def test_an_unknown_recipe_is_a_usage_error(tmp_path, labeled_csv):
+    from span_jobs.train import RECIPES
+
     result = invoke("train", "--recipe", "fastest", "--data", labeled_csv, "--out", tmp_path / "m")
     assert result.exit_code == 2 and "fastest" in result.output
+    for command in ("train", "retrain"):  # the choices offered are the recipes there are
+        option = next(p for p in cli.commands[command].params if p.name == "recipe")
+        assert list(option.type.choices) == list(RECIPES)
 
 
 def test_train_refuses_to_replace_a_folder_of_the_users_own_files(tmp_path, labeled_csv):
