@@ -66,7 +66,6 @@ class TrainConfig:
     cpu_bf16: bool = False  # bf16 autocast on CPU too (GPUs always): for CPUs with native bf16 (extract.has_native_bf16)
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
-
     @classmethod
     def from_recipe(cls, recipe: str | None, **settings) -> "TrainConfig":
         """A named recipe's settings (RECIPES), then the settings given on top; None means "not set"."""
