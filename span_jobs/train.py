@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .codec import Codec
+from .augment import augmented_tweets
 from .calibration import calibrate
 from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation, split_validation_parts
 from .evaluate import evaluate_model
@@ -63,6 +64,10 @@ class TrainConfig:
     repair_labels: bool = False
     # the pretrained encoder that teachers and --pretrained-embeddings start from; None: span-jobs[teacher]'s MiniLM
     teacher_dir: str | None = None
+    # the transfer set (augment.py): copies of each positive/negative training tweet with some words
+    # outside the gold span dropped; with distill the teacher labels each copy
+    augment_copies: int = 0
+    augment_drop: float = 0.3  # chance that a word outside the gold span is left out of a copy
     cpu_bf16: bool = False  # bf16 autocast on CPU too (GPUs always): for CPUs with native bf16 (extract.has_native_bf16)
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
@@ -273,6 +278,11 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.1fM parameters on %s", n_params / 1e6, device)
 
+    augmented = augmented_tweets(train_tweets, config.augment_copies, config.augment_drop, codec.max_words,
+                                 config.seed) if config.augment_copies else []
+    if augmented:
+        log.info("%d augmented copies of positive and negative training tweets", len(augmented))
+
     # ---- teacher (optional): a pretrained encoder's span probabilities as soft targets ----------
     soft = None
     if config.distill:
@@ -280,7 +290,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
 
         teacher = train_teacher(train_tweets, codec.max_words, epochs=config.teacher_epochs, seed=config.seed,
                                 device=str(device), directory=teacher_dir, repair_labels=config.repair_labels)
-        soft = soft_spans(teacher, train_tweets + val_tweets)
+        soft = soft_spans(teacher, train_tweets + val_tweets + augmented)
         del teacher
         # the teacher's own figures, beside the student's on the same tweets (bench/quality.py prints them)
         teacher_parts = {"choice_part": choice_tweets, "report_part": report_tweets}
@@ -292,7 +302,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
 
             classifier = train_sentiment_teacher(train_tweets, codec.max_words, epochs=config.teacher_epochs,
                                                  seed=config.seed, device=str(device), directory=teacher_dir)
-            for tweet_id, probs in soft_sentiments(classifier, train_tweets + val_tweets).items():
+            for tweet_id, probs in soft_sentiments(classifier, train_tweets + val_tweets + augmented).items():
                 soft[tweet_id].sentiment = probs
             del classifier
             for part, figures in teacher_figures.items():
@@ -301,7 +311,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
 
     # ---- examples --------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # what follows draws the same whether the teacher trained in this run or not
-    examples = make_examples(codec, train_tweets, config.sentiment_task, soft, config.repair_labels)
+    examples = make_examples(codec, train_tweets + augmented, config.sentiment_task, soft, config.repair_labels)
     if not examples:
         raise TrainingError("no usable training examples")
     lengths = [len(e.input_ids) for e in examples]
@@ -340,6 +350,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         data_digest=data.digest(),
         training={"command": command, "config": {k: v for k, v in asdict(config).items() if k != "extra_texts"}},
     )
+    if augmented:
+        metadata.training["augmented_tweets"] = len(augmented)
     if soft is not None:
         metadata.training.update({f"teacher_{part}": figures for part, figures in teacher_figures.items()})
     history: list[dict] = []
