@@ -21,6 +21,8 @@ def augmented_tweets(tweets: list[LabeledTweet], copies: int, drop: float, max_w
     probability ``drop``; a draw that drops nothing, or after which the selection no longer covers
     the same words, is not kept. Copy ids are ``<tweet id>~<k>``; the same seed gives the same copies.
     """
+    if copies == 0:
+        return []  # no need to cut every tweet into words
     rng = random.Random(seed)
     out = []
     for t in tweets:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .codec import Codec
 from .augment import augmented_tweets
+from .codec import Codec
 from .calibration import calibrate
 from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation, split_validation_parts
 from .evaluate import evaluate_model
@@ -278,8 +278,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.1fM parameters on %s", n_params / 1e6, device)
 
-    augmented = augmented_tweets(train_tweets, config.augment_copies, config.augment_drop, codec.max_words,
-                                 config.seed) if config.augment_copies else []
+    augmented = augmented_tweets(train_tweets, config.augment_copies, config.augment_drop, codec.max_words, config.seed)
     if augmented:
         log.info("%d augmented copies of positive and negative training tweets", len(augmented))
 

@@ -1,4 +1,4 @@
-"""The transfer set: augmented copies keep the gold span, and with a teacher every copy is labeled by it."""
+"""The transfer set: augmented copies keep the gold span, and a distilled run trains on every copy."""
 
 import json
 
@@ -34,8 +34,8 @@ def test_copies_keep_the_gold_span_and_drop_only_words_around_it():
         assert copy.selected_text == original.selected_text and copy.sentiment == original.sentiment
         assert span_words(copy) == span_words(original)
         assert len(split_words(copy.text, 100)) < len(split_words(original.text, 100))
-        kept = split_words(copy.text, 100)
-        remaining = [split_words(original.text, 100).unit(i) for i in range(len(split_words(original.text, 100)))]
+        kept, words = split_words(copy.text, 100), split_words(original.text, 100)
+        remaining = [words.unit(i) for i in range(len(words))]
         for i in range(len(kept)):  # the copy's words appear in the original's order
             assert kept.unit(i) in remaining
             remaining = remaining[remaining.index(kept.unit(i)) + 1:]
@@ -49,7 +49,7 @@ def test_copies_are_the_same_for_a_seed_and_differ_across_seeds():
     assert augmented_tweets(TWEETS, copies=0, drop=0.3, max_words=100, seed=1) == []
 
 
-def test_training_with_copies_has_the_teacher_label_them(tmp_path, labeled_csv, wordpiece_dir):
+def test_distilled_training_with_copies_trains_on_every_copy_of_its_split(tmp_path, labeled_csv, wordpiece_dir):
     out = tmp_path / "model"
     result = CliRunner().invoke(cli, [str(a) for a in (
         "train", "--data", labeled_csv, "--out", out, "--preset", "tiny", "--epochs", 1, "--limit", 80,
@@ -57,7 +57,7 @@ def test_training_with_copies_has_the_teacher_label_them(tmp_path, labeled_csv, 
     assert result.exit_code == 0, result.output
     training = json.loads((out / METADATA_FILE).read_text())["training"]
     assert training["config"]["augment_copies"] == 2
-    # every copy of the run's training tweets was trained on (and labeled by the teacher with them)
+    # the copies of the run's own training tweets, every one (train.py has the teacher label the same list)
     from span_jobs.train import TrainConfig, training_split
 
     train_tweets, _ = training_split(read_labeled(labeled_csv).tweets, TrainConfig(limit=80))
