@@ -151,6 +151,8 @@ def cli(verbose: bool) -> None:
 @click.option("--augment-copies", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also train on this many copies of each positive and negative tweet with some words outside "
                    "the gold span dropped; with --distill the teacher labels each copy.")
+@click.option("--average-checkpoints", is_flag=True,
+              help="Also try the mean of the last k epochs' weights and keep it where it validates better.")
 @teacher_dir_option
 @recipe_option
 @device_option

@@ -68,6 +68,8 @@ class TrainConfig:
     # outside the gold span dropped; with distill the teacher labels each copy
     augment_copies: int = 0
     augment_drop: float = 0.3  # chance that a word outside the gold span is left out of a copy
+    # also try the mean of the last k epochs' weights (k = 2..epochs) and keep it if it validates better
+    average_checkpoints: bool = False
     cpu_bf16: bool = False  # bf16 autocast on CPU too (GPUs always): for CPUs with native bf16 (extract.has_native_bf16)
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
@@ -355,6 +357,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         metadata.training.update({f"teacher_{part}": figures for part, figures in teacher_figures.items()})
     history: list[dict] = []
     best: dict | None = None
+    snapshots: list[dict[str, torch.Tensor]] = []  # each epoch's weights, when averaging checkpoints
     step = 0
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -403,6 +406,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         history.append(record)
         log.info("epoch %d: loss %.4f, jaccard %.4f (choice part of validation)", epoch, record["train_loss"],
                  figures["jaccard"])
+        if config.average_checkpoints:
+            snapshots.append({name: value.detach().cpu().clone() for name, value in model.state_dict().items()})
         if best is None or figures["jaccard"] > best["jaccard"]:
             best = record
             metadata.validation = {"epoch": epoch, "validation_percent": config.validation_percent}
@@ -413,6 +418,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         # the whole history, best epoch or not, beside the weights it explains
         (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))
     assert best is not None
+    if len(snapshots) > 1:
+        _keep_better_average(LoadedModel(model, tokenizer, metadata), snapshots, best, choice_tweets, report_tweets,
+                             config, out_dir, str(device))
 
     # ---- decoding and calibration of the kept checkpoint, fitted on the choice part ------------
     kept = load_model_dir(out_dir)
@@ -435,6 +443,42 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     save_model(kept, out_dir, weights_dtype=getattr(torch, config.save_dtype))
     (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))  # save_model starts afresh
     return TrainResult(out_dir, metadata.version, kept.metadata.validation, history)
+
+
+def average_weights(snapshots: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of several state dicts of one model (non-float entries: the last one's)."""
+    return {name: torch.stack([s[name] for s in snapshots]).mean(0) if value.is_floating_point() else value
+            for name, value in snapshots[-1].items()}
+
+
+def _keep_better_average(loaded: LoadedModel, snapshots: list[dict], best: dict, choice_tweets: list[LabeledTweet],
+                         report_tweets: list[LabeledTweet], config: TrainConfig, out_dir: Path, device: str) -> None:
+    """Save the mean of the last k epochs' weights instead of the best epoch if its choice-part Jaccard is higher.
+
+    Every candidate's figures go into the metadata; the report part's are for the record (the
+    choice is made on the choice part only), so a run measures averaging against its own best epoch.
+    """
+    def figures_of(weights: dict) -> dict:
+        loaded.model.load_state_dict(weights)
+        choice = validate(loaded, choice_tweets, device, predict_sentiment=config.sentiment_task)
+        report = validate(loaded, report_tweets, device, predict_sentiment=False)["jaccard"] if report_tweets else None
+        return {"choice_part": choice["jaccard"], "report_part": report}
+
+    candidates = {f"epoch {best['epoch']}": figures_of(snapshots[best["epoch"] - 1])}
+    for k in range(2, len(snapshots) + 1):
+        candidates[f"mean of the last {k} epochs"] = figures_of(average_weights(snapshots[-k:]))
+    kept = max(candidates, key=lambda name: candidates[name]["choice_part"])  # on a tie the single epoch stays
+    log.info("checkpoint averaging (jaccard, choice part): %s; kept %s",
+             ", ".join(f"{name}: {f['choice_part']:.4f}" for name, f in candidates.items()), kept)
+    loaded.metadata.training["checkpoint_averages"] = {"candidates": candidates, "kept": kept}
+    if kept.startswith("mean"):
+        k = int(kept.split()[-2])
+        loaded.model.load_state_dict(average_weights(snapshots[-k:]))
+        loaded.metadata.training.update(averaged_epochs=k, epochs_run=len(snapshots))
+        loaded.metadata.validation["epoch"] = len(snapshots)
+    else:
+        loaded.model.load_state_dict(snapshots[best["epoch"] - 1])
+    save_model(loaded, out_dir, weights_dtype=getattr(torch, config.save_dtype))
 
 
 def _soft_accuracy(soft: dict, tweets: list[LabeledTweet]) -> float:

@@ -175,3 +175,51 @@ def test_bf16_autocast_on_cpu_trains_and_saves_fp32_weights(tmp_path, trained_da
 def test_an_unknown_recipe_raises_training_error():
     with pytest.raises(TrainingError, match="unknown recipe 'fastest'; known: default"):
         TrainConfig.from_recipe("fastest")
+
+
+def test_average_weights_is_the_element_wise_mean():
+    import torch
+
+    from span_jobs.train import average_weights
+
+    first = {"w": torch.tensor([1.0, 2.0]), "steps": torch.tensor(3)}
+    second = {"w": torch.tensor([3.0, 6.0]), "steps": torch.tensor(5)}
+    averaged = average_weights([first, second])
+    assert averaged["w"].tolist() == [2.0, 4.0]
+    assert averaged["steps"].item() == 5  # not a weight: the latest one's
+
+
+@pytest.mark.parametrize("seed", [0, 1])  # here seed 0 keeps its best epoch, seed 1 the mean of its last two
+def test_checkpoint_averaging_saves_the_candidate_it_reports_as_kept(tmp_path, labeled_csv, trained_data, seed):
+    """The best epoch and each mean of the last k epochs are scored on the choice part; the saved weights are
+    the best one's, scoring what its record says on both parts (fp32 weights, temperature 1 as in training)."""
+    from click.testing import CliRunner
+
+    from span_jobs.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in (
+        "train", "--data", labeled_csv, "--out", tmp_path / "model", "--preset", "tiny", "--epochs", 3,
+        "--batch-size", 32, "--vocab-size", 400, "--seed", seed, "--average-checkpoints", "--device", "cpu")])
+    assert result.exit_code == 0, result.output
+    loaded = load_model_dir(tmp_path / "model")
+    averages = loaded.metadata.training["checkpoint_averages"]
+    candidates = averages["candidates"]
+    history = [json.loads(line) for line in (tmp_path / "model" / TRAIN_LOG).read_text().splitlines()]
+    best = max(history, key=lambda record: record["jaccard"])  # the first of equals, as training keeps it
+    assert set(candidates) == {f"epoch {best['epoch']}", "mean of the last 2 epochs", "mean of the last 3 epochs"}
+    assert candidates[f"epoch {best['epoch']}"]["choice_part"] == pytest.approx(best["jaccard"])
+    assert averages["kept"] == max(candidates, key=lambda name: candidates[name]["choice_part"])
+    if averages["kept"].startswith("mean"):
+        assert loaded.metadata.training["averaged_epochs"] == int(averages["kept"].split()[-2])
+        assert loaded.metadata.validation["epoch"] == loaded.metadata.training["epochs_run"] == 3
+    else:
+        assert "averaged_epochs" not in loaded.metadata.training
+        assert loaded.metadata.validation["epoch"] == best["epoch"]
+    extractor = SpanExtractor(loaded, device="cpu", precision="float32", mbr_temperature=1.0)
+    choice, report = split_validation_parts([t for t in trained_data.tweets if is_validation(t.tweet_id)])
+
+    def score(part):
+        return score_predictions(part, extractor.extract([t.text for t in part], [t.sentiment for t in part]))
+
+    assert score(choice)["jaccard"] == pytest.approx(candidates[averages["kept"]]["choice_part"])
+    assert score(report)["jaccard"] == pytest.approx(candidates[averages["kept"]]["report_part"])
