@@ -7,7 +7,9 @@ over the tweet's words are then a far richer training target for the T5 than one
 The teacher is used only while training; the shipped model is the T5 alone.
 """
 
+import hashlib
 import importlib.util
+import json
 import logging
 import math
 import random
@@ -50,6 +52,8 @@ class SoftSpan:
     last: torch.Tensor  # (n_words,)
     states: torch.Tensor | None = None  # (n_words, hidden) its last-layer state at each word, float16
     sentiment: torch.Tensor | None = None  # (3,) P(label) in SENTIMENTS order, from the tweet alone
+    # with a separate sentiment teacher, which then gives `sentiment`: the span teacher's own P(label)
+    joint_sentiment: torch.Tensor | None = None
 
 
 class SpanTeacher(nn.Module):
@@ -241,6 +245,65 @@ def soft_spans(teacher: SpanTeacher, tweets: list[LabeledTweet], batch_size: int
             out[t.tweet_id] = SoftSpan(first[b, :n].clone(), last[b, :n].clone(), states[b, :n].clone(),
                                        sentiment[b].clone())
     return out
+
+
+def teacher_outputs(train_tweets: list[LabeledTweet], labelled: list[LabeledTweet], max_words: int, *, epochs: int,
+                    seed: int, device: str, directory: Path | None, repair_labels: bool, sentiment_teacher: str,
+                    cache_dir: Path | None = None) -> tuple[dict[str, SoftSpan], bool]:
+    """The teachers trained on ``train_tweets`` and their outputs on ``labelled``, by tweet id; and whether
+    they came from ``cache_dir``.
+
+    A teacher trains the same in every run with the same inputs (same seed, same data), so with a
+    cache directory its outputs are kept there under a key over everything that shapes them (the
+    tweets in order, the settings, the pretrained weights, this module's code, the library
+    versions); a later run with the same key reads them instead of spending ~25 minutes on 2
+    cores. For trials of the student's settings; leave it off for a run that is to reproduce a
+    model from scratch.
+    """
+    path = None
+    if cache_dir is not None:
+        key = _teacher_cache_key(train_tweets, labelled, max_words, epochs, seed, device, directory, repair_labels,
+                                 sentiment_teacher)
+        path = Path(cache_dir) / f"teacher-{key}.pt"
+        if path.exists():
+            log.info("teacher outputs read from %s", path)
+            return {tweet_id: SoftSpan(**fields) for tweet_id, fields in torch.load(path).items()}, True
+    teacher = train_teacher(train_tweets, max_words, epochs=epochs, seed=seed, device=device, directory=directory,
+                            repair_labels=repair_labels)
+    soft = soft_spans(teacher, labelled)
+    del teacher
+    if sentiment_teacher == "classifier":
+        classifier = train_sentiment_teacher(train_tweets, max_words, epochs=epochs, seed=seed, device=device,
+                                             directory=directory)
+        for tweet_id, probs in soft_sentiments(classifier, labelled).items():
+            soft[tweet_id].joint_sentiment, soft[tweet_id].sentiment = soft[tweet_id].sentiment, probs
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")  # a run that dies while writing leaves no half a cache entry
+        torch.save({tweet_id: vars(s) for tweet_id, s in soft.items()}, partial)
+        partial.replace(path)
+        log.info("teacher outputs kept in %s", path)
+    return soft, False
+
+
+def _teacher_cache_key(train_tweets, labelled, max_words, epochs, seed, device, directory, repair_labels,
+                       sentiment_teacher) -> str:
+    import transformers
+
+    weights = (directory or teacher_base_dir()) / "model.safetensors"
+    h = hashlib.sha256()
+    for part in (train_tweets, labelled):
+        for t in part:
+            h.update("\x1f".join((t.tweet_id, t.text, t.selected_text, t.sentiment)).encode("utf-8", "surrogatepass"))
+            h.update(b"\x1e")
+        h.update(b"\x1d")
+    settings = dict(max_words=max_words, epochs=epochs, seed=seed, device=torch.device(device).type,
+                    repair_labels=repair_labels, sentiment_teacher=sentiment_teacher,
+                    weights=hashlib.sha256(weights.read_bytes()).hexdigest(),
+                    code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+                    torch=torch.__version__, transformers=transformers.__version__)
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()[:32]
 
 
 def teacher_spans(soft: dict[str, SoftSpan], tweets: list[LabeledTweet]) -> list[tuple[int, int]]:

@@ -70,6 +70,9 @@ class TrainConfig:
     augment_drop: float = 0.3  # chance that a word outside the gold span is left out of a copy
     # also try the mean of the last k epochs' weights (k = 2..epochs) and keep it if it validates better
     average_checkpoints: bool = False
+    # with distill: a directory where the teachers' outputs are kept and read back by a later run with the
+    # same data and teacher settings (teacher.teacher_outputs); for trials of the student, not for reproducing
+    teacher_cache: str | None = None
     cpu_bf16: bool = False  # bf16 autocast on CPU too (GPUs always): for CPUs with native bf16 (extract.has_native_bf16)
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
@@ -287,27 +290,25 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     # ---- teacher (optional): a pretrained encoder's span probabilities as soft targets ----------
     soft = None
     if config.distill:
-        from .teacher import soft_spans, teacher_spans, train_teacher
+        from .teacher import teacher_outputs, teacher_spans
 
-        teacher = train_teacher(train_tweets, codec.max_words, epochs=config.teacher_epochs, seed=config.seed,
-                                device=str(device), directory=teacher_dir, repair_labels=config.repair_labels)
-        soft = soft_spans(teacher, train_tweets + val_tweets + augmented)
-        del teacher
-        # the teacher's own figures, beside the student's on the same tweets (bench/quality.py prints them)
-        teacher_parts = {"choice_part": choice_tweets, "report_part": report_tweets}
-        teacher_figures = {part: {"jaccard": _score_spans(codec, tweets, teacher_spans(soft, tweets))["jaccard"],
-                                  "joint_sentiment_accuracy": _soft_accuracy(soft, tweets)}
-                           for part, tweets in teacher_parts.items() if tweets}
-        if config.sentiment_teacher == "classifier":
-            from .teacher import soft_sentiments, train_sentiment_teacher
-
-            classifier = train_sentiment_teacher(train_tweets, codec.max_words, epochs=config.teacher_epochs,
-                                                 seed=config.seed, device=str(device), directory=teacher_dir)
-            for tweet_id, probs in soft_sentiments(classifier, train_tweets + val_tweets + augmented).items():
-                soft[tweet_id].sentiment = probs
-            del classifier
-            for part, figures in teacher_figures.items():
-                figures["classifier_sentiment_accuracy"] = _soft_accuracy(soft, teacher_parts[part])
+        soft, from_cache = teacher_outputs(
+            train_tweets, train_tweets + val_tweets + augmented, codec.max_words, epochs=config.teacher_epochs,
+            seed=config.seed, device=str(device), directory=teacher_dir, repair_labels=config.repair_labels,
+            sentiment_teacher=config.sentiment_teacher,
+            cache_dir=Path(config.teacher_cache) if config.teacher_cache else None)
+        # the teachers' own figures, beside the student's on the same tweets (bench/quality.py prints them)
+        teacher_figures = {}
+        for part, tweets in (("choice_part", choice_tweets), ("report_part", report_tweets)):
+            if not tweets:
+                continue
+            classifier = config.sentiment_teacher == "classifier"
+            figures = {"jaccard": _score_spans(codec, tweets, teacher_spans(soft, tweets))["jaccard"],
+                       "joint_sentiment_accuracy": _soft_accuracy(soft, tweets,
+                                                                  "joint_sentiment" if classifier else "sentiment")}
+            if classifier:
+                figures["classifier_sentiment_accuracy"] = _soft_accuracy(soft, tweets)
+            teacher_figures[part] = figures
         log.info("teacher: %s", teacher_figures)
 
     # ---- examples --------------------------------------------------------------------------
@@ -355,6 +356,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         metadata.training["augmented_tweets"] = len(augmented)
     if soft is not None:
         metadata.training.update({f"teacher_{part}": figures for part, figures in teacher_figures.items()})
+        metadata.training["teacher_from_cache"] = from_cache
     history: list[dict] = []
     best: dict | None = None
     snapshots: list[dict[str, torch.Tensor]] = []  # each epoch's weights, when averaging checkpoints
@@ -481,9 +483,9 @@ def _keep_better_average(loaded: LoadedModel, snapshots: list[dict], best: dict,
     save_model(loaded, out_dir, weights_dtype=getattr(torch, config.save_dtype))
 
 
-def _soft_accuracy(soft: dict, tweets: list[LabeledTweet]) -> float:
-    """Share of tweets whose teacher's likeliest label is the gold sentiment."""
-    hits = [int(soft[t.tweet_id].sentiment.argmax()) == SENTIMENTS.index(t.sentiment) for t in tweets]
+def _soft_accuracy(soft: dict, tweets: list[LabeledTweet], field: str = "sentiment") -> float:
+    """Share of tweets whose teacher's likeliest label (SoftSpan.<field>) is the gold sentiment."""
+    hits = [int(getattr(soft[t.tweet_id], field).argmax()) == SENTIMENTS.index(t.sentiment) for t in tweets]
     return sum(hits) / max(1, len(hits))
 
 
