@@ -299,10 +299,10 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
             cache_dir=Path(config.teacher_cache) if config.teacher_cache else None)
         # the teachers' own figures, beside the student's on the same tweets (bench/quality.py prints them)
         teacher_figures = {}
+        classifier = config.sentiment_teacher == "classifier"
         for part, tweets in (("choice_part", choice_tweets), ("report_part", report_tweets)):
             if not tweets:
                 continue
-            classifier = config.sentiment_teacher == "classifier"
             figures = {"jaccard": _score_spans(codec, tweets, teacher_spans(soft, tweets))["jaccard"],
                        "joint_sentiment_accuracy": _soft_accuracy(soft, tweets,
                                                                   "joint_sentiment" if classifier else "sentiment")}
