@@ -153,7 +153,7 @@ def cli(verbose: bool) -> None:
                    "the gold span dropped; with --distill the teacher labels each copy.")
 @click.option("--teacher-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --distill: keep the teachers' outputs in this directory and read them back in later runs "
-                   "with the same data and teacher settings (saves ~25 min on 2 cores; for trials, not to "
+                   "with the same data and teacher settings (saved 33 min of the default recipe on 2 cores; for trials, not to "
                    "reproduce a model).")
 @click.option("--average-checkpoints", is_flag=True,
               help="Also try the mean of the last k epochs' weights and keep it where it validates better.")

@@ -462,24 +462,21 @@ def _keep_better_average(loaded: LoadedModel, snapshots: list[dict], best: dict,
     """
     def figures_of(weights: dict) -> dict:
         loaded.model.load_state_dict(weights)
-        choice = validate(loaded, choice_tweets, device, predict_sentiment=config.sentiment_task)
+        choice = validate(loaded, choice_tweets, device, predict_sentiment=False)["jaccard"]  # as the epochs are
         report = validate(loaded, report_tweets, device, predict_sentiment=False)["jaccard"] if report_tweets else None
-        return {"choice_part": choice["jaccard"], "report_part": report}
+        return {"choice_part": choice, "report_part": report}
 
-    candidates = {f"epoch {best['epoch']}": figures_of(snapshots[best["epoch"] - 1])}
-    for k in range(2, len(snapshots) + 1):
-        candidates[f"mean of the last {k} epochs"] = figures_of(average_weights(snapshots[-k:]))
+    groups = {f"epoch {best['epoch']}": [snapshots[best["epoch"] - 1]]}
+    groups.update({f"mean of the last {k} epochs": snapshots[-k:] for k in range(2, len(snapshots) + 1)})
+    candidates = {name: figures_of(average_weights(group)) for name, group in groups.items()}
     kept = max(candidates, key=lambda name: candidates[name]["choice_part"])  # on a tie the single epoch stays
     log.info("checkpoint averaging (jaccard, choice part): %s; kept %s",
              ", ".join(f"{name}: {f['choice_part']:.4f}" for name, f in candidates.items()), kept)
     loaded.metadata.training["checkpoint_averages"] = {"candidates": candidates, "kept": kept}
-    if kept.startswith("mean"):
-        k = int(kept.split()[-2])
-        loaded.model.load_state_dict(average_weights(snapshots[-k:]))
-        loaded.metadata.training.update(averaged_epochs=k, epochs_run=len(snapshots))
+    loaded.model.load_state_dict(average_weights(groups[kept]))
+    if len(groups[kept]) > 1:
+        loaded.metadata.training.update(averaged_epochs=len(groups[kept]), epochs_run=len(snapshots))
         loaded.metadata.validation["epoch"] = len(snapshots)
-    else:
-        loaded.model.load_state_dict(snapshots[best["epoch"] - 1])
     save_model(loaded, out_dir, weights_dtype=getattr(torch, config.save_dtype))
 
 
