@@ -137,10 +137,12 @@ def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, lr: float = 5e-5,
                   batch_size: int = 32, seed: int = 0, device: str = "cpu",
-                  directory: Path | None = None, repair_labels: bool = False) -> SpanTeacher:
+                  directory: Path | None = None, repair_labels: bool = False, bf16: bool = False) -> SpanTeacher:
     """Fine-tune the pretrained encoder with a start/end head on the gold spans, and a sentiment head
     on the tweet alone (for the T5's sentiment task); with repair_labels, on the spans the annotators
-    meant (words.repair_selection), as the student learns them."""
+    meant (words.repair_selection), as the student learns them. bf16: with bf16 autocast."""
+    from .train import length_bucketed_batches  # here: train imports this module
+
     torch.manual_seed(seed)
     teacher = SpanTeacher.pretrained(max_words, directory).to(device)
     examples = []
@@ -151,10 +153,10 @@ def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, l
         if located is not None:
             examples.append((words, t.sentiment, located))
     rng = random.Random(seed)
+    lengths = [len(w.text) for w, _, _ in examples]  # batches of similar lengths: less padding on 2 CPU cores
 
     def epoch_batches():
-        rng.shuffle(examples)
-        return [examples[i: i + batch_size] for i in range(0, len(examples), batch_size)]
+        return [[examples[i] for i in rows] for rows in length_bucketed_batches(lengths, batch_size, rng)]
 
     def loss_of(batch):
         logits, mask = teacher.word_logits([w for w, _, _ in batch], [s for _, s, _ in batch])
@@ -165,12 +167,13 @@ def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, l
                 + nn.functional.cross_entropy(_masked(logits[..., 1], mask), last)
                 + nn.functional.cross_entropy(teacher.sentiment_logits([w for w, _, _ in batch]), labels))
 
-    return _fine_tune(teacher, epoch_batches, loss_of, epochs, math.ceil(len(examples) / batch_size), lr, "teacher")
+    return _fine_tune(teacher, epoch_batches, loss_of, epochs, math.ceil(len(examples) / batch_size), lr, "teacher",
+                      bf16)
 
 
 def train_sentiment_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, lr: float = 5e-5,
                             batch_size: int = 32, seed: int = 0, device: str = "cpu",
-                            directory: Path | None = None) -> SentimentTeacher:
+                            directory: Path | None = None, bf16: bool = False) -> SentimentTeacher:
     """Fine-tune a fresh copy of the pretrained encoder as a sentiment classifier of the tweet alone."""
     from .train import length_bucketed_batches  # here: train imports this module
 
@@ -189,14 +192,15 @@ def train_sentiment_teacher(tweets: list[LabeledTweet], max_words: int, epochs: 
         return nn.functional.cross_entropy(logits, torch.tensor([label for _, label in batch], device=logits.device))
 
     return _fine_tune(teacher, epoch_batches, loss_of, epochs, math.ceil(len(examples) / batch_size), lr,
-                      "sentiment teacher")
+                      "sentiment teacher", bf16)
 
 
 def _fine_tune(teacher: nn.Module, epoch_batches, loss_of, epochs: int, batches_per_epoch: int, lr: float,
-               name: str) -> nn.Module:
+               name: str, bf16: bool) -> nn.Module:
     """AdamW with a linear decay to zero and gradients clipped at 1: every teacher's fine-tuning.
 
-    ``epoch_batches()`` gives one epoch's batches; ``loss_of(batch)`` the loss to step on.
+    ``epoch_batches()`` gives one epoch's batches; ``loss_of(batch)`` the loss to step on (under bf16
+    autocast with ``bf16``; the weights stay fp32).
     """
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01)
     total = epochs * batches_per_epoch
@@ -204,7 +208,8 @@ def _fine_tune(teacher: nn.Module, epoch_batches, loss_of, epochs: int, batches_
     teacher.train()
     for epoch in range(epochs):
         for batch in tqdm(epoch_batches(), desc=f"{name} epoch {epoch + 1}", leave=False):
-            loss = loss_of(batch)
+            with _autocast(teacher, bf16):
+                loss = loss_of(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
@@ -214,32 +219,42 @@ def _fine_tune(teacher: nn.Module, epoch_batches, loss_of, epochs: int, batches_
     return teacher
 
 
+def _autocast(module: nn.Module, bf16: bool):
+    return torch.autocast(next(module.parameters()).device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 @torch.inference_mode()
-def soft_sentiments(teacher: SentimentTeacher, tweets: list[LabeledTweet],
-                    batch_size: int = 64) -> dict[str, torch.Tensor]:
+def soft_sentiments(teacher: SentimentTeacher, tweets: list[LabeledTweet], batch_size: int = 64,
+                    bf16: bool = False) -> dict[str, torch.Tensor]:
     """The classifier's P(label) in SENTIMENTS order, (3,), for each tweet, by tweet id."""
     out: dict[str, torch.Tensor] = {}
     tweets = sorted(tweets, key=lambda t: len(t.text))  # batches of similar lengths; the result is by id
     for i in tqdm(range(0, len(tweets), batch_size), desc="sentiment teacher predictions", leave=False):
         batch = tweets[i: i + batch_size]
-        probs = teacher.sentiment_logits([split_words(t.text, teacher.max_words) for t in batch]).softmax(-1).cpu()
+        with _autocast(teacher, bf16):
+            logits = teacher.sentiment_logits([split_words(t.text, teacher.max_words) for t in batch])
+        probs = logits.float().softmax(-1).cpu()
         out.update((t.tweet_id, p.clone()) for t, p in zip(batch, probs))
     return out
 
 
 @torch.inference_mode()
-def soft_spans(teacher: SpanTeacher, tweets: list[LabeledTweet], batch_size: int = 64) -> dict[str, SoftSpan]:
+def soft_spans(teacher: SpanTeacher, tweets: list[LabeledTweet], batch_size: int = 64,
+               bf16: bool = False) -> dict[str, SoftSpan]:
     """The teacher's start and end distributions, word states and sentiment for each tweet, by tweet id."""
     out: dict[str, SoftSpan] = {}
+    tweets = sorted(tweets, key=lambda t: len(t.text))  # batches of similar lengths; the result is by id
     for i in tqdm(range(0, len(tweets), batch_size), desc="teacher predictions", leave=False):
         batch = tweets[i: i + batch_size]
         words = [split_words(t.text, teacher.max_words) for t in batch]
-        states, mask = teacher.word_states(words, [t.sentiment for t in batch])
-        logits = teacher.head(states)
+        with _autocast(teacher, bf16):
+            states, mask = teacher.word_states(words, [t.sentiment for t in batch])
+            logits = teacher.head(states).float()
+            sentiment_logits = teacher.sentiment_logits(words)
         first = _masked(logits[..., 0], mask).softmax(-1).cpu()
         last = _masked(logits[..., 1], mask).softmax(-1).cpu()
         states = (states * mask[..., None]).to(torch.float16).cpu()  # words past its 256 tokens: zero
-        sentiment = teacher.sentiment_logits(words).softmax(-1).cpu()
+        sentiment = sentiment_logits.float().softmax(-1).cpu()
         for b, (t, w) in enumerate(zip(batch, words)):
             n = len(w)
             out[t.tweet_id] = SoftSpan(first[b, :n].clone(), last[b, :n].clone(), states[b, :n].clone(),
@@ -249,33 +264,33 @@ def soft_spans(teacher: SpanTeacher, tweets: list[LabeledTweet], batch_size: int
 
 def teacher_outputs(train_tweets: list[LabeledTweet], labelled: list[LabeledTweet], max_words: int, *, epochs: int,
                     seed: int, device: str, directory: Path | None, repair_labels: bool, sentiment_teacher: str,
-                    cache_dir: Path | None = None) -> tuple[dict[str, SoftSpan], bool]:
+                    bf16: bool = False, cache_dir: Path | None = None) -> tuple[dict[str, SoftSpan], bool]:
     """The teachers trained on ``train_tweets`` and their outputs on ``labelled``, by tweet id; and whether
     they came from ``cache_dir``.
 
     A teacher trains the same in every run with the same inputs (same seed, same data), so with a
     cache directory its outputs are kept there under a key over everything that shapes them (the
     tweets in order, the settings, the pretrained weights, this module's code, the library
-    versions); a later run with the same key reads them instead of spending ~25 minutes on 2
-    cores. For trials of the student's settings; leave it off for a run that is to reproduce a
+    versions); a later run with the same key reads them instead of spending ~33 minutes on 2
+    cores in fp32 (12.5 with ``bf16``, which trains and predicts under bf16 autocast). For trials of the student's settings; leave it off for a run that is to reproduce a
     model from scratch.
     """
     path = None
     if cache_dir is not None:
         key = _teacher_cache_key(train_tweets, labelled, max_words, epochs, seed, device, directory, repair_labels,
-                                 sentiment_teacher)
+                                 sentiment_teacher, bf16)
         path = Path(cache_dir) / f"teacher-{key}.pt"
         if path.exists():
             log.info("teacher outputs read from %s", path)
             return {tweet_id: SoftSpan(**fields) for tweet_id, fields in torch.load(path).items()}, True
     teacher = train_teacher(train_tweets, max_words, epochs=epochs, seed=seed, device=device, directory=directory,
-                            repair_labels=repair_labels)
-    soft = soft_spans(teacher, labelled)
+                            repair_labels=repair_labels, bf16=bf16)
+    soft = soft_spans(teacher, labelled, bf16=bf16)
     del teacher
     if sentiment_teacher == "classifier":
         classifier = train_sentiment_teacher(train_tweets, max_words, epochs=epochs, seed=seed, device=device,
-                                             directory=directory)
-        for tweet_id, probs in soft_sentiments(classifier, labelled).items():
+                                             directory=directory, bf16=bf16)
+        for tweet_id, probs in soft_sentiments(classifier, labelled, bf16=bf16).items():
             soft[tweet_id].joint_sentiment, soft[tweet_id].sentiment = soft[tweet_id].sentiment, probs
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,18 +302,19 @@ def teacher_outputs(train_tweets: list[LabeledTweet], labelled: list[LabeledTwee
 
 
 def _teacher_cache_key(train_tweets, labelled, max_words, epochs, seed, device, directory, repair_labels,
-                       sentiment_teacher) -> str:
+                       sentiment_teacher, bf16) -> str:
     import transformers
 
     weights = (directory or teacher_base_dir()) / "model.safetensors"
     h = hashlib.sha256()
+    # in order: the teachers' batches are drawn from the tweets' order (LabeledData.digest is order-free)
     for part in (train_tweets, labelled):
         for t in part:
             h.update("\x1f".join((t.tweet_id, t.text, t.selected_text, t.sentiment)).encode("utf-8", "surrogatepass"))
             h.update(b"\x1e")
         h.update(b"\x1d")
     settings = dict(max_words=max_words, epochs=epochs, seed=seed, device=torch.device(device).type,
-                    repair_labels=repair_labels, sentiment_teacher=sentiment_teacher,
+                    repair_labels=repair_labels, sentiment_teacher=sentiment_teacher, bf16=bf16,
                     weights=hashlib.sha256(weights.read_bytes()).hexdigest(),
                     code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
                     torch=torch.__version__, transformers=transformers.__version__)

@@ -20,7 +20,7 @@ from .calibration import calibrate
 from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation, split_validation_parts
 from .evaluate import evaluate_model
 from .errors import TrainingError
-from .extract import SpanExtractor, pick_device
+from .extract import PRECISIONS, SpanExtractor, pick_device, pick_dtype
 from .model import (LoadedModel, ModelMetadata, build_model, check_writable_model_dir, encode,
                     load_model_dir, new_version, pointer_keys, save_model, span_logits, word_states)
 from .registry import load_model
@@ -73,7 +73,9 @@ class TrainConfig:
     # with distill: a directory where the teachers' outputs are kept and read back by a later run with the
     # same data and teacher settings (teacher.teacher_outputs); for trials of the student, not for reproducing
     teacher_cache: str | None = None
-    cpu_bf16: bool = False  # bf16 autocast on CPU too (GPUs always): for CPUs with native bf16 (extract.has_native_bf16)
+    # the student's and teachers' training precision on CPU (GPUs always train with bf16 autocast): "bfloat16"
+    # autocasts, "auto" does where the CPU has native bf16 (extract.has_native_bf16); figures stay fp32
+    cpu_precision: str = "float32"
     extra_texts: list[str] = field(default_factory=list, repr=False)  # unlabeled tweets for the tokenizer
 
     @classmethod
@@ -91,7 +93,8 @@ SENTIMENT_TEACHERS = ("joint", "classifier")
 # (tests/test_default_model.py keeps the two equal); it needs span-jobs[teacher].
 RECIPES: dict[str, dict] = {
     "default": {"preset": "small", "epochs": 5, "distill": True, "distill_weight": 0.9, "state_weight": 5.0,
-                "sentiment_teacher": "joint", "pretrained_embeddings": True, "save_dtype": "bfloat16"},
+                "sentiment_teacher": "joint", "pretrained_embeddings": True, "save_dtype": "bfloat16",
+                "cpu_precision": "auto"},
 }
 
 
@@ -185,7 +188,8 @@ def state_loss(states: torch.Tensor, present: torch.Tensor, batch: list[Example]
     r, w = present[index].nonzero(as_tuple=True)
     student = projection(states[index][r, w])  # (words, H), in (row, word) order
     counts = present[index].sum(-1).tolist()
-    target = torch.cat([batch[i].teacher_states[:n] for n, i in zip(counts, rows)])
+    # float before the cat: CPU autocast refuses to cat the float16 the teacher's states are kept in
+    target = torch.cat([batch[i].teacher_states[:n].float() for n, i in zip(counts, rows)])
     target = target.to(device=student.device, dtype=student.dtype)
     known = target.abs().sum(-1) > 0  # words the teacher did not see are zero
     if not known.any():
@@ -251,6 +255,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
+    if config.cpu_precision not in PRECISIONS:
+        raise TrainingError(f"cpu_precision must be one of {', '.join(PRECISIONS)}; got {config.cpu_precision!r}")
+    bf16 = device.type == "cuda" or pick_dtype(config.cpu_precision, device) == torch.bfloat16
 
     # ---- split: fixed by id hash, so every run validates on the same tweets -------------------
     train_tweets, val_tweets = training_split(data.tweets, config)
@@ -281,7 +288,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     model.to(device)
     codec = Codec(tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %.1fM parameters on %s", n_params / 1e6, device)
+    log.info("model: %.1fM parameters on %s, training in %s", n_params / 1e6, device, "bf16" if bf16 else "fp32")
 
     augmented = augmented_tweets(train_tweets, config.augment_copies, config.augment_drop, codec.max_words, config.seed)
     if augmented:
@@ -295,7 +302,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         soft, from_cache = teacher_outputs(
             train_tweets, train_tweets + val_tweets + augmented, codec.max_words, epochs=config.teacher_epochs,
             seed=config.seed, device=str(device), directory=teacher_dir, repair_labels=config.repair_labels,
-            sentiment_teacher=config.sentiment_teacher,
+            sentiment_teacher=config.sentiment_teacher, bf16=bf16,
             cache_dir=Path(config.teacher_cache) if config.teacher_cache else None)
         # the teachers' own figures, beside the student's on the same tweets (bench/quality.py prints them)
         teacher_figures = {}
@@ -342,7 +349,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
     )
     rng = random.Random(config.seed)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or config.cpu_bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # ---- loop: train an epoch, validate, keep the best ---------------------------------------
     metadata = ModelMetadata(
@@ -350,7 +357,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         created_at="",
         preset=None if config.init_from else config.preset,
         data_digest=data.digest(),
-        training={"command": command, "config": {k: v for k, v in asdict(config).items() if k != "extra_texts"}},
+        training={"command": command, "config": {k: v for k, v in asdict(config).items() if k != "extra_texts"},
+                  "trained_in": "bfloat16" if bf16 else "float32"},
     )
     if augmented:
         metadata.training["augmented_tweets"] = len(augmented)

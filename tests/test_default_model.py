@@ -44,8 +44,12 @@ def test_the_default_recipe_is_how_the_default_model_was_trained():
     from span_jobs.train import RECIPES, TrainConfig
 
     config = json.loads((DEFAULT_MODEL_DIR / METADATA_FILE).read_text())["training"]["config"]
+    # cpu_precision sets speed only: the recipe in bf16 autocast (trained 2026-12-03) scored within the spread
+    # of its fp32 runs (bench/RESULTS.md), so the shipped fp32-trained model stands for it
+    speed_only = {"cpu_precision"}
+    recipe = {k: v for k, v in RECIPES["default"].items() if k not in speed_only}
     # a setting added to TrainConfig after the model was trained had its default then
-    assert {k: config.get(k, getattr(TrainConfig(), k)) for k in RECIPES["default"]} == RECIPES["default"]
+    assert {k: config.get(k, getattr(TrainConfig(), k)) for k in recipe} == recipe
     assert TrainConfig.from_recipe("default", epochs=1, lr=None).epochs == 1  # None: not set, the recipe's stays
     assert TrainConfig.from_recipe("default", lr=None).epochs == RECIPES["default"]["epochs"]
     assert TrainConfig.from_recipe(None) == TrainConfig()

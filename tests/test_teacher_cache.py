@@ -33,9 +33,9 @@ def test_cached_outputs_are_the_computed_ones_and_other_settings_miss(tmp_path, 
         for name, value in vars(soft).items():
             assert torch.equal(getattr(read[tweet_id], name), value), name
     assert computed["t0"].joint_sentiment is not None  # the span teacher's own sentiment, kept for its figures
-    for changed in (dict(seed=1), dict(sentiment_teacher="joint"), dict(repair_labels=True)):
+    for changed in (dict(seed=1), dict(sentiment_teacher="joint"), dict(repair_labels=True), dict(bf16=True)):
         assert not _outputs(tmp_path, directory=wordpiece_dir, **changed)[1], changed
-    assert len(list(tmp_path.iterdir())) == 4
+    assert len(list(tmp_path.iterdir())) == 5
 
 
 def test_a_run_from_the_cache_trains_the_same_student(tmp_path, labeled_csv, wordpiece_dir):

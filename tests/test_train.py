@@ -166,10 +166,43 @@ def test_bf16_autocast_on_cpu_trains_and_saves_fp32_weights(tmp_path, trained_da
     from safetensors import safe_open
 
     result = train(trained_data, tmp_path / "m", TrainConfig(preset="tiny", epochs=1, batch_size=32, vocab_size=400,
-                                                             device="cpu", seed=0, cpu_bf16=True))
+                                                             device="cpu", seed=0, cpu_precision="bfloat16"))
     assert 0.0 <= result.validation["jaccard"] <= 1.0 and result.history[0]["train_loss"] > 0
     with safe_open(str(result.directory / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_a_distilled_run_trains_teachers_and_student_under_bf16_autocast_on_cpu(tmp_path, trained_data,
+                                                                               wordpiece_dir):
+    """The default recipe's precision on CPUs with native bf16: span teacher, classifier and student
+    (with its teacher-state loss) train under autocast; the weights saved stay fp32."""
+    import torch
+    from safetensors import safe_open
+
+    from span_jobs.model import ModelMetadata
+
+    config = TrainConfig(preset="tiny", epochs=1, vocab_size=400, device="cpu", distill=True, state_weight=1.0,
+                         sentiment_teacher="classifier", teacher_dir=str(wordpiece_dir), cpu_precision="bfloat16")
+    result = train(trained_data, tmp_path / "m", config)
+    training = ModelMetadata.read(result.directory).training
+    assert training["trained_in"] == "bfloat16"
+    assert all(0 <= v <= 1 for v in training["teacher_report_part"].values())
+    assert 0.0 <= result.validation["jaccard"] <= 1.0 and result.history[0]["train_loss"] > 0
+    with safe_open(str(result.directory / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def test_auto_cpu_precision_trains_in_bf16_where_the_cpu_has_it_and_an_unknown_one_is_refused(tmp_path,
+                                                                                            trained_data):
+    from span_jobs.extract import has_native_bf16
+    from span_jobs.model import ModelMetadata
+
+    config = TrainConfig(preset="tiny", epochs=1, vocab_size=400, device="cpu", limit=40, cpu_precision="auto")
+    result = train(trained_data, tmp_path / "m", config)
+    expected = "bfloat16" if has_native_bf16() else "float32"
+    assert ModelMetadata.read(result.directory).training["trained_in"] == expected
+    with pytest.raises(TrainingError, match="cpu_precision must be one of auto, float32, bfloat16; got 'half'"):
+        train(trained_data, tmp_path / "n", TrainConfig(preset="tiny", device="cpu", cpu_precision="half"))
 
 
 def test_an_unknown_recipe_raises_training_error():
