@@ -90,7 +90,8 @@ SENTIMENT_TEACHERS = ("joint", "classifier")
 
 # Named recipes: how a model is trained, for `span-jobs train --recipe`, `span-jobs retrain --recipe`
 # and the retrain-model flow. "default" is how the shipped default model was trained
-# (tests/test_default_model.py keeps the two equal); it needs span-jobs[teacher].
+# (tests/test_default_model.py keeps the two equal, but for cpu_precision, which sets speed only); it needs
+# span-jobs[teacher].
 RECIPES: dict[str, dict] = {
     "default": {"preset": "small", "epochs": 5, "distill": True, "distill_weight": 0.9, "state_weight": 5.0,
                 "sentiment_teacher": "joint", "pretrained_embeddings": True, "save_dtype": "bfloat16",
