@@ -44,17 +44,17 @@ print(json.dumps({"code": span_jobs.__file__, "seconds": time.perf_counter() - s
 
 def run_side(code_dir: Path, data: Path, rows: int, epochs: int, scratch: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-c", RUN, str(data), str(scratch / f"model-{code_dir.name}"), str(rows), str(epochs)],
+    out_dir = scratch / f"model-{code_dir.name}"
+    done = subprocess.run([sys.executable, "-c", RUN, str(data), str(out_dir), str(rows), str(epochs)],
                           env=env, capture_output=True, text=True, cwd=scratch)
     if done.returncode:
         raise SystemExit(f"the {code_dir.name} side failed:\n{done.stderr[-3000:]}")
-    out = done.stdout
-    figures = json.loads(out.strip().splitlines()[-1])
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
     if not figures["code"].startswith(str(code_dir)):
         raise SystemExit(f"ran {figures['code']}, not the code in {code_dir}")
-    ends = figures["epoch_ends"]
-    figures["epoch_seconds"] = ends[-1] - ends[-2] if len(ends) > 1 else None
-    figures["teacher_seconds"] = ends[0] - figures["epoch_seconds"] if figures["epoch_seconds"] else None
+    ends = figures["epoch_ends"]  # seconds since the start at each epoch's end: the first one includes the teacher
+    figures["epoch_seconds"] = ends[-1] - ends[-2]
+    figures["teacher_seconds"] = ends[0] - figures["epoch_seconds"]
     figures["samples_per_s"] = rows * epochs / figures["seconds"]
     return figures
 
@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--baseline", default="b7f6568")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the teacher's time is the first epoch's less a later one's")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         before_dir = scratch / "before"
