@@ -23,6 +23,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from .data import SENTIMENTS, LabeledTweet
 from .errors import ModelError
+from .model import use_random_bits_dropout
 from .words import Words, locate_selection, repair_selection, split_words
 
 log = logging.getLogger(__name__)
@@ -202,9 +203,12 @@ def _fine_tune(teacher: nn.Module, epoch_batches, loss_of, epochs: int, batches_
     ``epoch_batches()`` gives one epoch's batches; ``loss_of(batch)`` the loss to step on (under bf16
     autocast with ``bf16``; the weights stay fp32).
     """
-    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01)
+    # fused: one kernel for all parameters (on 2 CPU cores a 22M-parameter step took 25 ms instead of 94)
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01, fused=True)
     total = epochs * batches_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+    if next(teacher.parameters()).device.type == "cpu":
+        use_random_bits_dropout(teacher)  # cheaper masks on CPU
     teacher.train()
     for epoch in range(epochs):
         for batch in tqdm(epoch_batches(), desc=f"{name} epoch {epoch + 1}", leave=False):

@@ -22,7 +22,8 @@ from .evaluate import evaluate_model
 from .errors import TrainingError
 from .extract import PRECISIONS, SpanExtractor, pick_device, pick_dtype
 from .model import (LoadedModel, ModelMetadata, build_model, check_writable_model_dir, encode,
-                    load_model_dir, new_version, pointer_keys, save_model, span_logits, word_states)
+                    load_model_dir, new_version, pointer_keys, save_model, span_logits, use_random_bits_dropout,
+                    word_states)
 from .registry import load_model
 from .tokenizer import N_SENTINELS, train_tokenizer
 from .words import locate_selection, repair_selection
@@ -287,6 +288,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
             changed = start_from_pretrained_embeddings(model, tokenizer, teacher_dir)
             log.info("%d of %d pieces start from MiniLM's embeddings", changed, tokenizer.vocab_size)
     model.to(device)
+    if device.type == "cpu":
+        use_random_bits_dropout(model)  # cheaper masks on CPU; GPUs have a fused dropout
     codec = Codec(tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.1fM parameters on %s, training in %s", n_params / 1e6, device, "bf16" if bf16 else "fp32")
@@ -339,9 +342,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     trained = list(model.named_parameters()) + (list(projection.named_parameters()) if projection else [])
     decay = [p for n, p in trained if p.dim() >= 2]
     no_decay = [p for n, p in trained if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
+    optimizer = torch.optim.AdamW(  # fused: one kernel for all parameters (4 ms a step here, not 24)
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
+        lr=config.lr, fused=True,
     )
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs

@@ -14,9 +14,11 @@ from span_jobs.model import (
     LoadedModel,
     ModelError,
     ModelMetadata,
+    RandomBitsDropout,
     build_model,
     load_model_dir,
     save_model,
+    use_random_bits_dropout,
 )
 from span_jobs.registry import Registry, load_model, resolve_model_dir
 
@@ -257,3 +259,37 @@ def test_an_unknown_span_pointer_is_refused_at_load(tiny_model_dir, tmp_path):
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="unknown span_pointer 'words'"):
         load_model_dir(directory)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_random_bits_dropout_drops_at_its_rate_and_keeps_the_mean(dtype):
+    torch.manual_seed(0)
+    dropout = RandomBitsDropout(0.1).train()
+    x = torch.ones(1_000_003, dtype=dtype, requires_grad=True)  # not a multiple of 4: the tail gets bits too
+    y = dropout(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.002  # ~6 standard errors
+    assert torch.allclose(y[kept].float(), torch.full_like(y[kept].float(), 1 / 0.9), rtol=1e-2)
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # the gradient flows through the kept elements only
+    assert not torch.equal(dropout(x), dropout(x))  # a fresh mask every call
+
+
+def test_random_bits_dropout_is_the_identity_in_eval_and_at_zero():
+    x = torch.randn(4, 7)
+    assert torch.equal(RandomBitsDropout(0.3).eval()(x), x)
+    assert torch.equal(RandomBitsDropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match="dropout"):
+        RandomBitsDropout(1.0)
+
+
+def test_swapping_dropout_leaves_weights_and_eval_outputs_alone(tokenizer):
+    model = build_model("tiny", tokenizer, seed=0)
+    before = logits(model, tokenizer)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    use_random_bits_dropout(model)
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert sum(isinstance(m, RandomBitsDropout) for m in model.modules()) > 0
+    assert model.state_dict().keys() == state.keys()
+    assert torch.equal(model.state_dict()["shared.weight"], state["shared.weight"])
+    assert torch.equal(logits(model, tokenizer), before)
