@@ -6,9 +6,11 @@
   (c) `span-jobs predict` in a fresh process: start, model load, read, extract, write
 
 The same labeled tweets (the validation split, sentiment given) for every way. Prints tweets/s,
-the ratios c/a and c/b, and the Jaccard of (c) against the gold spans.
+the ratios c/a and c/b, and the Jaccard of (c) against the gold spans. With --against MODEL, also (c)
+for that model, the two alternating three times each (median), to compare a candidate default model's
+speed with today's in one run.
 
-    python bench/predict_speed.py [--model default] [--n 3000]
+    python bench/predict_speed.py [--model default] [--n 3000] [--against runs/candidate]
 """
 
 import argparse
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--against", help="another model whose `span-jobs predict` to time beside --model's")
     args = parser.parse_args()
 
     _, tweets = split_train_validation(read_labeled(args.data).tweets)
@@ -78,6 +81,15 @@ def main() -> None:
         seconds["c"] = predict(args.model, source, Path(tmp) / "spans.parquet")
         spans = pd.read_parquet(Path(tmp) / "spans.parquet")["span"].tolist()
         jaccard = {"c": mean_jaccard(spans, [t.selected_text for t in tweets])}
+        if args.against:
+            times = {args.model: [seconds["c"]], args.against: []}
+            for _ in range(3):
+                times[args.against].append(predict(args.against, source, Path(tmp) / "against.parquet"))
+                times[args.model].append(predict(args.model, source, Path(tmp) / "spans.parquet"))
+            median = {m: sorted(t)[len(t) // 2] for m, t in times.items()}
+            for m, t in median.items():
+                print(f"span-jobs predict --model {m}: {len(tweets) / t:.1f} tweets/s (median of {len(times[m])})")
+            print(f"{args.against} against {args.model}: {median[args.model] / median[args.against]:.2f}x the speed")
     started = time.perf_counter()
     seed_way(model, inputs, lengths)
     seconds["a"] = time.perf_counter() - started
