@@ -230,8 +230,11 @@ class RandomBitsDropout(torch.nn.Module):
 
 
 def use_random_bits_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap every nn.Dropout of a model (the T5 student or a MiniLM teacher) for RandomBitsDropout,
-    for training on CPU; GPUs have a fused dropout kernel. Weights and eval results are unchanged."""
+    """Swap every nn.Dropout of a model (the T5 student or a MiniLM teacher) for RandomBitsDropout
+    when it trains on CPU; on a GPU it is left as it is (GPUs have a fused dropout kernel). Weights and
+    eval results are unchanged."""
+    if next(model.parameters()).device.type != "cpu":
+        return model
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is torch.nn.Dropout:

@@ -207,8 +207,7 @@ def _fine_tune(teacher: nn.Module, epoch_batches, loss_of, epochs: int, batches_
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.01, fused=True)
     total = epochs * batches_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
-    if next(teacher.parameters()).device.type == "cpu":
-        use_random_bits_dropout(teacher)  # cheaper masks on CPU
+    use_random_bits_dropout(teacher)  # cheaper dropout masks when training on CPU
     teacher.train()
     for epoch in range(epochs):
         for batch in tqdm(epoch_batches(), desc=f"{name} epoch {epoch + 1}", leave=False):
