@@ -74,7 +74,8 @@ def main() -> None:
     tweets = select_split(read_labeled(args.labeled).tweets, args.split)
     print(f"model {loaded.version} ({args.model}); {len(tweets)} tweets: {args.labeled} ({args.split}); "
           f"{torch.get_num_threads()} CPU threads; decoding {extractor.decoding}, "
-          f"{extractor.span_candidates} first x {extractor.last_candidates} last words")
+          f"{extractor.span_candidates} first x {extractor.last_candidates} last words; spans placed as the "
+          f"labels place them (label shift): {'yes' if extractor.span_label_shift else 'no'}")
 
     started = time.perf_counter()
     figures = evaluate_model(extractor, tweets, predict_sentiment=True)

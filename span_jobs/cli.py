@@ -155,6 +155,9 @@ def cli(verbose: bool) -> None:
               help="With --distill: keep the teachers' outputs in this directory and read them back in later runs "
                    "with the same data and teacher settings (saves 12.5 min of the default recipe on 2 cores, 33 in "
                    "fp32; for trials, not to reproduce a model).")
+@click.option("--repair-labels", is_flag=True,
+              help="Train on the spans the annotators meant: gold spans that the extra-spaces shift cut are moved "
+                   "back onto whole words (calibration then decides whether predictions are shifted back).")
 @click.option("--average-checkpoints", is_flag=True,
               help="Also try the mean of the last k epochs' weights and keep it where it validates better.")
 @click.option("--cpu-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="float32",

@@ -14,7 +14,7 @@ from .codec import Codec, token_budget_batches
 from .data import SENTIMENTS
 from .errors import ModelError
 from .model import LoadedModel, encode, marker_logits, pointer_keys
-from .words import Words
+from .words import Words, labeled_offsets
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,8 @@ class SpanExtractor:
         self.sentiment_logit_bias = torch.tensor(getattr(config, "sentiment_logit_bias", [0.0] * 3))
         self.confidence_temperature = float(getattr(config, "confidence_temperature", self.mbr_temperature))
         self.confidence_scale = torch.tensor(getattr(config, "confidence_scale", [1.0] * 3))
+        # spans placed as the labels place them (words.labeled_offsets), where calibration found it scores higher
+        self.span_label_shift = bool(getattr(config, "span_label_shift", False))
         self.progress = progress  # a progress bar per pass, on stderr (the CLI's long commands)
         self._label_ids = torch.tensor(loaded.tokenizer.label_ids, device=self.device)
         self._marker_index = self.codec.marker_index.to(self.device)
@@ -237,6 +239,8 @@ class SpanExtractor:
         for i, w in enumerate(words):
             first, last, confidence = spans[i]
             start, end = w.span(first, last) if len(w) else (0, 0)
+            if self.span_label_shift and len(w):
+                start, end = labeled_offsets(w.text, start, end)
             results.append(SpanResult(w.text[start:end], start, end, sentiments[i], probs.get(i), i not in probs,
                                       confidence))
         return results

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli  # the command as installed
+from span_jobs.calibration import CONFIG_KEYS
 from span_jobs.data import SENTIMENTS, is_validation, validation_part
 from span_jobs.model import METADATA_FILE
 from span_jobs.registry import Registry
@@ -144,7 +145,7 @@ def test_calibrate_writes_the_fit_into_the_model_directory(cli_trained, labeled_
     assert result.exit_code == 0, result.output
     summary = one_json_object(result.stdout)
     config = json.loads((copy / "config.json").read_text())
-    for key in ("sentiment_logit_scale", "sentiment_logit_bias", "confidence_temperature", "confidence_scale"):
+    for key in CONFIG_KEYS:
         assert config[key] == summary[key]
     assert json.loads((copy / "span_jobs.json").read_text())["training"]["calibration"] == summary
     assert summary["report_part"]["n"] > 0 and summary["choice_part"]["n"] > 0

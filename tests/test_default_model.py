@@ -12,6 +12,7 @@ import sys
 
 from click.testing import CliRunner
 
+from span_jobs.calibration import CONFIG_KEYS
 from span_jobs.cli import cli
 from span_jobs.data import SENTIMENTS, read_labeled, read_raw
 from span_jobs.extract import SpanExtractor
@@ -66,7 +67,7 @@ def test_default_model_meets_its_targets_on_the_report_part(real_labeled, two_th
     tweets get it: the sentiment tagged by the model, the span chosen under its calibrated
     uncertainty (issue #11)."""
     config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
-    assert {"sentiment_logit_scale", "sentiment_logit_bias", "confidence_temperature", "confidence_scale"} <= set(config)
+    assert set(CONFIG_KEYS) <= set(config)
 
     def evaluate(model, *extra):
         result = CliRunner().invoke(cli, ["evaluate", "--model", model, "--data", str(real_labeled), "--split",
@@ -81,7 +82,7 @@ def test_default_model_meets_its_targets_on_the_report_part(real_labeled, two_th
         assert model["per_sentiment"][sentiment]["jaccard"] > baseline["per_sentiment"][sentiment]["jaccard"] + 0.08
     assert model["per_sentiment"]["neutral"]["jaccard"] > 0.95
     end_to_end = model["predicted_sentiment"]["jaccard"]
-    assert end_to_end >= 0.61 and end_to_end >= baseline["jaccard"] + 0.015
+    assert end_to_end >= 0.61 and end_to_end >= baseline["jaccard"] + 0.025
 
 
 def test_default_model_tags_the_sentiment_of_unlabeled_tweets_with_at_least_73_percent_accuracy(real_unlabeled,

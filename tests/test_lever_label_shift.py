@@ -67,3 +67,49 @@ def test_make_examples_can_target_the_repaired_span(tokenizer):
     repaired, = make_examples(codec, [tweet], sentiment_task=False, repair_labels=True)
     assert repaired.target_ids == codec.span_target(adore, adore)
     assert plain.target_ids == codec.span_target(adore - 1, adore)  # "totally adore": the cut word widened
+
+
+# double spaces everywhere: every word of these tweets sits after two or more extra spaces
+SPACED = ["  " + "  ".join(f"word{i} w{i} x{j}" for i in range(5)) for j in range(24)]
+
+
+@pytest.fixture(scope="module")
+def untrained(tiny_model_dir):
+    from span_jobs.model import load_model_dir
+
+    return load_model_dir(tiny_model_dir)
+
+
+def test_the_extractor_places_spans_as_the_labels_do_where_the_model_says_so(untrained):
+    from span_jobs.extract import SpanExtractor
+
+    sentiments = ["positive", "negative", "neutral", None] * (len(SPACED) // 4)
+    plain = SpanExtractor(untrained, device="cpu", precision="float32").extract(SPACED, sentiments)
+    untrained.model.config.span_label_shift = True
+    try:
+        shifted = SpanExtractor(untrained, device="cpu", precision="float32").extract(SPACED, sentiments)
+    finally:
+        del untrained.model.config.span_label_shift
+    for text, p, s in zip(SPACED, plain, shifted):
+        assert (s.start, s.end) == labeled_offsets(text, p.start, p.end) and s.span == text[s.start:s.end]
+        assert (s.sentiment, s.sentiment_prob, s.span_confidence) == (p.sentiment, p.sentiment_prob, p.span_confidence)
+    assert sum(s.span != p.span for s, p in zip(shifted, plain)) > len(SPACED) // 2
+
+
+@pytest.mark.parametrize("labels_shifted", [True, False])
+def test_calibration_keeps_the_shift_only_where_the_labels_have_it(untrained, labels_shifted):
+    """Gold spans made from the model's own choices, shifted or not: the fit must tell which."""
+    from span_jobs.calibration import fit_decision
+    from span_jobs.extract import SpanExtractor
+
+    extractor = SpanExtractor(untrained, device="cpu", precision="float32")
+    sentiments = ["positive", "negative", "neutral"] * (len(SPACED) // 3)
+    chosen = extractor.extract(SPACED, sentiments)
+    gold = [text[slice(*labeled_offsets(text, r.start, r.end))] if labels_shifted else r.span
+            for text, r in zip(SPACED, chosen)]
+    assert sum(g.split() != r.span.split() for g, r in zip(gold, chosen)) > 0 or not labels_shifted
+    tweets = [LabeledTweet(f"s{i}", text, g, s) for i, (text, g, s) in enumerate(zip(SPACED, gold, sentiments))]
+    config, figures = fit_decision(extractor, tweets)
+    assert config["span_label_shift"] is labels_shifted
+    given = figures["label_shift"]["given_jaccard"]
+    assert given["shifted" if labels_shifted else "plain"] == pytest.approx(1.0)
