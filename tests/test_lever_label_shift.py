@@ -113,3 +113,23 @@ def test_calibration_keeps_the_shift_only_where_the_labels_have_it(untrained, la
     assert config["span_label_shift"] is labels_shifted
     given = figures["label_shift"]["given_jaccard"]
     assert given["shifted" if labels_shifted else "plain"] == pytest.approx(1.0)
+
+
+def test_train_repair_labels_from_the_command_line_is_recorded_with_the_shift_decision(tmp_path, labeled_csv):
+    import json
+
+    from click.testing import CliRunner
+
+    from span_jobs.cli import cli
+    from span_jobs.model import METADATA_FILE
+
+    out = tmp_path / "model"
+    result = CliRunner().invoke(cli, [str(a) for a in (
+        "train", "--data", labeled_csv, "--out", out, "--preset", "tiny", "--epochs", 1, "--limit", 120,
+        "--vocab-size", 400, "--repair-labels", "--device", "cpu")])
+    assert result.exit_code == 0, result.output
+    training = json.loads((out / METADATA_FILE).read_text())["training"]
+    assert training["config"]["repair_labels"] is True
+    decision = training["calibration"]["choice_part"]["label_shift"]["given_jaccard"]
+    shift = json.loads((out / "config.json").read_text())["span_label_shift"]
+    assert shift is (decision["shifted"] > decision["plain"])
