@@ -11,7 +11,8 @@ Two things are fitted, both from a model's own outputs on tweets with known labe
 
 A third setting follows the labels: whether spans are placed where the annotation placed them
 (words.labeled_offsets: after runs of extra spaces a gold span starts a few characters early). It is
-kept only where it raises the Jaccard with the sentiment given; it moves no word boundary the model chose.
+kept only where it raises the Jaccard with the sentiment given; the words the model chose stay the same,
+only their offsets move.
 
 The first two decide the span when no sentiment is given (extract.choose_span_under_uncertainty) and make
 ``span_confidence`` an expected Jaccard that matches the observed one on average. Everything goes
