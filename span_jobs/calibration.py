@@ -32,7 +32,6 @@ from .errors import DataError
 from .extract import SpanExtractor, calibrated_sentiment, choose_span, choose_span_under_uncertainty
 from .metric import jaccard
 from .model import METADATA_FILE, LoadedModel, load_model_dir
-from .words import labeled_offsets
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +99,8 @@ class _Outputs:
         self.negative, self.positive = everything.rows(slice(n, 2 * n)), everything.rows(slice(2 * n, None))
 
     def jaccards(self, firsts: list[int], lasts: list[int], label_shift: bool = False) -> list[float]:
-        scores = []
-        for w, t, f, l in zip(self.words, self.tweets, firsts, lasts):
-            start, end = w.span(f, l)
-            if label_shift:
-                start, end = labeled_offsets(w.text, start, end)
-            scores.append(jaccard(w.text[start:end], t.selected_text))
-        return scores
+        return [jaccard(w.text[slice(*w.span(f, l, label_shift))], t.selected_text)
+                for w, t, f, l in zip(self.words, self.tweets, firsts, lasts)]
 
 
 def fit_decision(extractor: SpanExtractor, tweets: list[LabeledTweet]) -> tuple[dict, dict]:

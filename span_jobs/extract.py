@@ -14,7 +14,7 @@ from .codec import Codec, token_budget_batches
 from .data import SENTIMENTS
 from .errors import ModelError
 from .model import LoadedModel, encode, marker_logits, pointer_keys
-from .words import Words, labeled_offsets
+from .words import Words
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,7 @@ class SpanExtractor:
         results = []
         for i, w in enumerate(words):
             first, last, confidence = spans[i]
-            start, end = w.span(first, last) if len(w) else (0, 0)
-            if self.span_label_shift and len(w):
-                start, end = labeled_offsets(w.text, start, end)
+            start, end = w.span(first, last, self.span_label_shift) if len(w) else (0, 0)
             results.append(SpanResult(w.text[start:end], start, end, sentiments[i], probs.get(i), i not in probs,
                                       confidence))
         return results

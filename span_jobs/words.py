@@ -25,9 +25,11 @@ class Words:
     def unit(self, i: int) -> str:
         return self.text[self.starts[i] : self.ends[i]]
 
-    def span(self, first: int, last: int) -> tuple[int, int]:
-        """Character offsets of the units first..last inclusive."""
-        return self.starts[first], self.ends[last]
+    def span(self, first: int, last: int, label_shift: bool = False) -> tuple[int, int]:
+        """Character offsets of the units first..last inclusive; with label_shift, where the labels
+        would have put them (labeled_offsets)."""
+        start, end = self.starts[first], self.ends[last]
+        return labeled_offsets(self.text, start, end) if label_shift else (start, end)
 
 
 def split_words(text: str, max_units: int) -> Words:
