@@ -158,6 +158,9 @@ def cli(verbose: bool) -> None:
 @click.option("--repair-labels", is_flag=True,
               help="Train on the spans the annotators meant: gold spans that the extra-spaces shift cut are moved "
                    "back onto whole words (calibration then decides whether predictions are shifted back).")
+@click.option("--polar-weight", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Weight of positive and negative tweets' span rows in the span losses, against 1 for neutral "
+                   "span rows and sentiment rows.")
 @click.option("--average-checkpoints", is_flag=True,
               help="Also try the mean of the last k epochs' weights and keep it where it validates better.")
 @click.option("--cpu-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="float32",

@@ -71,6 +71,10 @@ class TrainConfig:
     augment_drop: float = 0.3  # chance that a word outside the gold span is left out of a copy
     # also try the mean of the last k epochs' weights (k = 2..epochs) and keep it if it validates better
     average_checkpoints: bool = False
+    # weight of positive and negative tweets' span rows in the span losses (gold and teacher), against 1 for
+    # neutral span rows and every sentiment row: a neutral span is almost always the whole tweet, learned at
+    # once, while the polar spans are where the Jaccard is lost (the Kaggle write-ups weighed them 2x)
+    polar_weight: float = 1.0
     # with distill: a directory where the teachers' outputs are kept and read back by a later run with the
     # same data and teacher settings (teacher.teacher_outputs); for trials of the student, not for reproducing
     teacher_cache: str | None = None
@@ -117,10 +121,11 @@ class Example:
     soft_last: torch.Tensor | None = None  # (N_SENTINELS,)
     teacher_states: torch.Tensor | None = None  # (n_words, H): the teacher's state at each word
     soft_label: torch.Tensor | None = None  # sentiment examples: the teacher's P(label), (3,)
+    weight: float = 1.0  # the row's weight in the span and sentiment losses (TrainConfig.polar_weight)
 
 
 def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool,
-                  soft: dict | None = None, repair_labels: bool = False) -> list[Example]:
+                  soft: dict | None = None, repair_labels: bool = False, polar_weight: float = 1.0) -> list[Example]:
     """Training examples of both tasks; tweets whose selection maps to no word are skipped."""
     examples = []
     for t in tweets:
@@ -140,8 +145,9 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
             soft_last = soft_last / soft_last.sum() if soft_last.sum() > 0 else None
             if soft_last is None:
                 soft_first = None
+        weight = 1.0 if t.sentiment == "neutral" else polar_weight
         examples.append(Example(codec.span_input(words, t.sentiment), codec.span_target(*located),
-                                soft_first, soft_last, states))
+                                soft_first, soft_last, states, weight=weight))
         if sentiment_task:
             soft_label = soft[t.tweet_id].sentiment if soft is not None and t.tweet_id in soft else None
             examples.append(Example(codec.sentiment_input(words), codec.sentiment_target(t.sentiment),
@@ -151,13 +157,14 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
 
 def distillation_loss(logits: torch.Tensor, batch: list[Example], marker_ids: torch.Tensor,
                       label_ids: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Cross-entropy of the student's distributions against the teacher's, averaged over rows:
-    over the markers at both span steps for span rows, over the labels for sentiment rows.
+    """Cross-entropy of the student's distributions against the teacher's, averaged over rows by their
+    weights: over the markers at both span steps for span rows, over the labels for sentiment rows.
 
     logits: (B, T, V) of the batch; rows without a teacher target are left out. None if no row has one.
     """
-    losses = []
+    losses, weights = [], []
     rows = [i for i, e in enumerate(batch) if e.soft_first is not None]
+    weights += [batch[i].weight for i in rows]
     if rows:
         index = torch.tensor(rows, device=logits.device)
         marker_logits = logits[index][:, :2, :].index_select(-1, marker_ids).float()  # (R, 2, 100)
@@ -165,13 +172,28 @@ def distillation_loss(logits: torch.Tensor, batch: list[Example], marker_ids: to
         allowed = targets > 0  # the teacher puts mass only on the tweet's words (and on last >= gold first)
         logp = marker_logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)  # (R, 2, 100)
         losses.append(-(targets * logp.masked_fill(~allowed, 0.0)).sum(-1).mean(-1))
-    rows = [i for i, e in enumerate(batch) if e.soft_label is not None]
-    if rows and label_ids is not None:
+    rows = [i for i, e in enumerate(batch) if e.soft_label is not None] if label_ids is not None else []
+    weights += [batch[i].weight for i in rows]
+    if rows:
         index = torch.tensor(rows, device=logits.device)
         logp = logits[index][:, 0, :].index_select(-1, label_ids).float().log_softmax(-1)  # (R, 3)
         targets = torch.stack([batch[i].soft_label for i in rows]).to(logits.device)
         losses.append(-(targets * logp).sum(-1))
-    return torch.cat(losses).mean() if losses else None
+    if not losses:
+        return None
+    weights = torch.tensor(weights, device=logits.device)
+    return (torch.cat(losses) * weights).sum() / weights.sum()
+
+
+def gold_loss(logits: torch.Tensor, labels: torch.Tensor, batch: list[Example]) -> torch.Tensor:
+    """Cross-entropy of the gold target tokens, averaged over tokens weighted by their row's weight.
+
+    logits: (B, T, V); labels: (B, T) with -100 where a row has no token. All weights 1: the plain mean.
+    """
+    per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                                  reduction="none").view(labels.shape)
+    weights = torch.tensor([e.weight for e in batch], device=logits.device)[:, None] * (labels != -100)
+    return (per_token * weights).sum() / weights.sum()
 
 
 def state_loss(states: torch.Tensor, present: torch.Tensor, batch: list[Example],
@@ -323,7 +345,8 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
 
     # ---- examples --------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # what follows draws the same whether the teacher trained in this run or not
-    examples = make_examples(codec, train_tweets + augmented, config.sentiment_task, soft, config.repair_labels)
+    examples = make_examples(codec, train_tweets + augmented, config.sentiment_task, soft, config.repair_labels,
+                             config.polar_weight)
     if not examples:
         raise TrainingError("no usable training examples")
     lengths = [len(e.input_ids) for e in examples]
@@ -388,8 +411,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                 marker_mask = marker_index[input_ids] >= 0
                 keys = pointer_keys(model, encoded, attention_mask, marker_mask, input_ids)
                 logits = span_logits(model, encoded, attention_mask, model._shift_right(labels), keys)
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                                         ignore_index=-100)
+                loss = gold_loss(logits, labels, batch)
                 if soft is not None:
                     distilled = distillation_loss(logits, batch, marker_ids, label_ids)
                     if distilled is not None:
