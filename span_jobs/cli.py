@@ -160,7 +160,9 @@ def cli(verbose: bool) -> None:
                    "back onto whole words (calibration then decides whether predictions are shifted back).")
 @click.option("--polar-weight", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Weight of positive and negative tweets' span rows in the span losses, against 1 for neutral "
-                   "span rows and sentiment rows.")
+                   "span rows.")
+@click.option("--sentiment-weight", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Weight of the sentiment-tagging rows in the losses, against 1 for neutral span rows.")
 @click.option("--average-checkpoints", is_flag=True,
               help="Also try the mean of the last k epochs' weights and keep it where it validates better.")
 @click.option("--cpu-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="float32",

@@ -72,9 +72,12 @@ class TrainConfig:
     # also try the mean of the last k epochs' weights (k = 2..epochs) and keep it if it validates better
     average_checkpoints: bool = False
     # weight of positive and negative tweets' span rows in the span losses (gold and teacher), against 1 for
-    # neutral span rows and every sentiment row: a neutral span is almost always the whole tweet, learned at
-    # once, while the polar spans are where the Jaccard is lost (the Kaggle write-ups weighed them 2x)
+    # neutral span rows: a neutral span is almost always the whole tweet, learned at once, while the polar
+    # spans are where the Jaccard is lost (the Kaggle write-ups weighed them 2x)
     polar_weight: float = 1.0
+    # weight of the sentiment rows (the tagging task) in the losses, against 1 for neutral span rows: end to
+    # end quality hangs on the tagger, which the student learns less well than its teacher (0.74 vs 0.77)
+    sentiment_weight: float = 1.0
     # with distill: a directory where the teachers' outputs are kept and read back by a later run with the
     # same data and teacher settings (teacher.teacher_outputs); for trials of the student, not for reproducing
     teacher_cache: str | None = None
@@ -121,11 +124,12 @@ class Example:
     soft_last: torch.Tensor | None = None  # (N_SENTINELS,)
     teacher_states: torch.Tensor | None = None  # (n_words, H): the teacher's state at each word
     soft_label: torch.Tensor | None = None  # sentiment examples: the teacher's P(label), (3,)
-    weight: float = 1.0  # the row's weight in the span and sentiment losses (TrainConfig.polar_weight)
+    weight: float = 1.0  # the row's weight in the losses (TrainConfig.polar_weight and sentiment_weight)
 
 
 def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool,
-                  soft: dict | None = None, repair_labels: bool = False, polar_weight: float = 1.0) -> list[Example]:
+                  soft: dict | None = None, repair_labels: bool = False, polar_weight: float = 1.0,
+                  sentiment_weight: float = 1.0) -> list[Example]:
     """Training examples of both tasks; tweets whose selection maps to no word are skipped."""
     examples = []
     for t in tweets:
@@ -151,7 +155,7 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
         if sentiment_task:
             soft_label = soft[t.tweet_id].sentiment if soft is not None and t.tweet_id in soft else None
             examples.append(Example(codec.sentiment_input(words), codec.sentiment_target(t.sentiment),
-                                    soft_label=soft_label))
+                                    soft_label=soft_label, weight=sentiment_weight))
     return examples
 
 
@@ -346,7 +350,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     # ---- examples --------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # what follows draws the same whether the teacher trained in this run or not
     examples = make_examples(codec, train_tweets + augmented, config.sentiment_task, soft, config.repair_labels,
-                             config.polar_weight)
+                             config.polar_weight, config.sentiment_weight)
     if not examples:
         raise TrainingError("no usable training examples")
     lengths = [len(e.input_ids) for e in examples]

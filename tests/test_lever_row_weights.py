@@ -1,4 +1,4 @@
-"""2x weight on positive and negative span rows (TrainConfig.polar_weight): where it applies, and what it leaves."""
+"""Row weights in training (TrainConfig.polar_weight, sentiment_weight): where they apply, and what they leave."""
 
 import json
 
@@ -22,6 +22,11 @@ def test_polar_weight_lands_on_positive_and_negative_span_rows_only(tokenizer):
     assert [e.weight for e in span_rows] == [2.0, 1.0, 2.0]
     assert [e.weight for e in sentiment_rows] == [1.0, 1.0, 1.0]
     assert all(e.weight == 1.0 for e in make_examples(Codec(tokenizer), TWEETS, sentiment_task=True))
+
+
+def test_sentiment_weight_lands_on_sentiment_rows_only(tokenizer):
+    examples = make_examples(Codec(tokenizer), TWEETS, sentiment_task=True, polar_weight=2.0, sentiment_weight=3.0)
+    assert [e.weight for e in examples] == [2.0, 3.0, 1.0, 3.0, 2.0, 3.0]
 
 
 def _padded(codec, examples):
@@ -63,7 +68,7 @@ def test_distillation_loss_averages_rows_by_their_weight(tokenizer):
     assert distillation_loss(logits, examples, marker_ids, label_ids).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_train_polar_weight_from_the_command_line_is_recorded_and_changes_the_trained_model(tmp_path, labeled_csv):
+def test_train_row_weights_from_the_command_line_are_recorded_and_change_the_trained_model(tmp_path, labeled_csv):
     from click.testing import CliRunner
     from safetensors.torch import load_file
 
@@ -78,9 +83,11 @@ def test_train_polar_weight_from_the_command_line_is_recorded_and_changes_the_tr
         return load_file(out / "model.safetensors")
 
     plain = trained(tmp_path / "plain")
-    weighted = trained(tmp_path / "weighted", "--polar-weight", 2)
-    assert json.loads((tmp_path / "weighted" / METADATA_FILE).read_text())["training"]["config"]["polar_weight"] == 2
-    assert json.loads((tmp_path / "plain" / METADATA_FILE).read_text())["training"]["config"]["polar_weight"] == 1
+    weighted = trained(tmp_path / "weighted", "--polar-weight", 2, "--sentiment-weight", 1.5)
+    config = json.loads((tmp_path / "weighted" / METADATA_FILE).read_text())["training"]["config"]
+    assert (config["polar_weight"], config["sentiment_weight"]) == (2, 1.5)
+    config = json.loads((tmp_path / "plain" / METADATA_FILE).read_text())["training"]["config"]
+    assert (config["polar_weight"], config["sentiment_weight"]) == (1, 1)
     again = trained(tmp_path / "again")
     assert all(torch.equal(plain[k], again[k]) for k in plain)  # so the difference below is the weight's
     assert plain.keys() == weighted.keys()
