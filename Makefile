@@ -29,9 +29,10 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest --run-slow --crash-trials 30
 
-# make bench MODEL=path/to/model (no default model ships yet)
-MODEL ?= promoted
+# make bench [MODEL=path/to/model]: the shipped default model unless another is named
+MODEL ?= default
 bench: install
 	$(PY) bench/quality.py --model $(MODEL)
 	$(PY) bench/throughput.py --model $(MODEL)
+	$(PY) bench/predict_speed.py --model $(MODEL)
 	$(PY) bench/stream_memory.py

@@ -3,7 +3,8 @@
   (a) the seed's way on the same model: one `generate` per tweet, producing as many tokens as the
       gold span's text has pieces (the seed's T5 generated the span text)
   (b) Hugging Face batched `generate`, batches of 64 in input order, the same output lengths
-  (c) `span-jobs predict` in a fresh process: start, model load, read, extract, write
+  (c) `span-jobs predict` in a fresh process: start, model load, read, extract, write; and the same
+      command on one tweet, the share of (c) that is not the model's work
 
 The same labeled tweets (the validation split, sentiment given) for every way. Prints tweets/s,
 the ratios c/a and c/b, and the Jaccard of (c) against the gold spans. With --against MODEL, also (c)
@@ -80,6 +81,10 @@ def main() -> None:
         pd.DataFrame({"id": [t.tweet_id for t in tweets], "text": [t.text for t in tweets],
                       "sentiment": [t.sentiment for t in tweets]}).to_parquet(source)
         seconds["c"] = predict(args.model, source, Path(tmp) / "spans.parquet")
+        # what the process costs before and after the model's work: the same command on one tweet
+        one = Path(tmp) / "one.parquet"
+        pd.read_parquet(source).head(1).to_parquet(one)
+        fixed = predict(args.model, one, Path(tmp) / "one-span.parquet")
         spans = pd.read_parquet(Path(tmp) / "spans.parquet")["span"].tolist()
         jaccard = {"c": mean_jaccard(spans, [t.selected_text for t in tweets])}
         if args.against:
@@ -106,6 +111,8 @@ def main() -> None:
         extra = f"  jaccard {jaccard[key]:.4f}" if key in jaccard else ""
         print(f"({key}) {names[key]:<36} {len(tweets) / seconds[key]:8.1f} tweets/s{extra}")
     print(f"c/a = {seconds['a'] / seconds['c']:.1f}x   c/b = {seconds['b'] / seconds['c']:.1f}x")
+    print(f"(c) on one tweet: {fixed:.1f} s (start, imports, model load, read, write) = "
+          f"{fixed / seconds['c']:.0%} of (c)'s {seconds['c']:.1f} s")
 
 
 if __name__ == "__main__":
