@@ -182,7 +182,13 @@ def calibrate(loaded: LoadedModel, validation: list[LabeledTweet], device: str =
 
 
 def calibrate_model_dir(directory: str | Path, validation: list[LabeledTweet], device: str = "auto") -> dict:
-    """Calibrate a saved model in place: only config.json and span_jobs.json change, each replaced atomically."""
+    """Calibrate a saved model in place: only config.json and span_jobs.json change, each replaced atomically.
+
+    The metadata's validation figures are scored again with the new fit, so they describe the model as it
+    now runs (the decision and the label shift change end to end and sentiment-given figures).
+    """
+    from .train import validation_figures  # train imports this module
+
     directory = Path(directory)
     loaded = load_model_dir(directory)
     summary = calibrate(loaded, validation, device)
@@ -194,6 +200,7 @@ def calibrate_model_dir(directory: str | Path, validation: list[LabeledTweet], d
     if metadata_path.exists():
         metadata = json.loads(metadata_path.read_text())
         metadata.setdefault("training", {})["calibration"] = summary
+        metadata["validation"] = {**metadata.get("validation", {}), **validation_figures(loaded, validation, device)}
         _replace_file(metadata_path, json.dumps(metadata, indent=2) + "\n")
     return summary
 

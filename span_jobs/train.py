@@ -257,6 +257,17 @@ def validate(loaded: LoadedModel, tweets: list[LabeledTweet], device: str, predi
     return figures
 
 
+def validation_figures(loaded: LoadedModel, val_tweets: list[LabeledTweet], device: str,
+                       predict_sentiment: bool = True) -> dict:
+    """A model's figures as its metadata keeps them: the whole validation split, which the retrain gate
+    compares, and under "report_part" its report half, where nothing was chosen (the figures to quote)."""
+    figures = validate(loaded, val_tweets, device, predict_sentiment=predict_sentiment)
+    report_tweets = split_validation_parts(val_tweets)[1]
+    if report_tweets:
+        figures["report_part"] = validate(loaded, report_tweets, device, predict_sentiment=predict_sentiment)
+    return figures
+
+
 # Tried from the top: on a tie the less sharpened one stays.
 MBR_TEMPERATURES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 
@@ -472,13 +483,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
         kept.metadata.training["calibration"] = calibrate(kept, val_tweets, str(device))
     else:
         log.warning("no calibration: it needs the sentiment task and tweets in both parts of validation")
-    # scored again as saved (the chosen settings, weights rounded to save_dtype): the whole split, which
-    # the retrain gate compares, and the report part, where nothing was chosen (the figures to quote)
-    figures = validate(kept, val_tweets, str(device), predict_sentiment=config.sentiment_task)
-    kept.metadata.validation = {**kept.metadata.validation, **figures}
-    if report_tweets:
-        kept.metadata.validation["report_part"] = validate(kept, report_tweets, str(device),
-                                                           predict_sentiment=config.sentiment_task)
+    # scored again as saved (the chosen settings, weights rounded to save_dtype)
+    kept.metadata.validation = {**kept.metadata.validation,
+                                **validation_figures(kept, val_tweets, str(device), config.sentiment_task)}
     save_model(kept, out_dir, weights_dtype=getattr(torch, config.save_dtype))
     (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))  # save_model starts afresh
     return TrainResult(out_dir, metadata.version, kept.metadata.validation, history)

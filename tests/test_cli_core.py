@@ -138,16 +138,29 @@ def test_calibrate_writes_the_fit_into_the_model_directory(cli_trained, labeled_
     import shutil
 
     out, _ = cli_trained
+    from span_jobs.data import read_labeled, select_split
+    from span_jobs.model import load_model_dir
+    from span_jobs.train import validation_figures
+
     copy = tmp_path / "model"
     shutil.copytree(out, copy)
     weights = (copy / "model.safetensors").read_bytes()
+    metadata = json.loads((copy / METADATA_FILE).read_text())
+    metadata["validation"].update(jaccard=-1.0, report_part={"jaccard": -1.0})  # figures of an older fit
+    (copy / METADATA_FILE).write_text(json.dumps(metadata))
     result = invoke("calibrate", "--model", copy, "--data", labeled_csv, "--device", "cpu")
     assert result.exit_code == 0, result.output
     summary = one_json_object(result.stdout)
     config = json.loads((copy / "config.json").read_text())
     for key in CONFIG_KEYS:
         assert config[key] == summary[key]
-    assert json.loads((copy / "span_jobs.json").read_text())["training"]["calibration"] == summary
+    metadata = json.loads((copy / METADATA_FILE).read_text())
+    assert metadata["training"]["calibration"] == summary
+    # the validation figures are the calibrated model's, as train would have recorded them
+    validation = select_split(read_labeled(labeled_csv).tweets, "validation")
+    assert metadata["validation"] == {**metadata["validation"],
+                                      **validation_figures(load_model_dir(copy), validation, "cpu")}
+    assert metadata["validation"]["epoch"] >= 1  # what train recorded beside them stays
     assert summary["report_part"]["n"] > 0 and summary["choice_part"]["n"] > 0
     assert (copy / "model.safetensors").read_bytes() == weights  # only the two JSON files change
 
