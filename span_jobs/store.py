@@ -135,6 +135,15 @@ def _is_connection_error(exc: Exception) -> bool:
     return any(phrase in text for phrase in _CONNECTION_LOST)
 
 
+# A catalog lost in mid-statement is not always worded as such: DuckDB may report only the
+# transaction it aborted, or the rollback that failed (seen on a PostgreSQL restart).
+_LOST_MID_STATEMENT = ("current transaction is aborted", 'failed to execute query "rollback"')
+
+
+def _is_lost_catalog(exc: Exception) -> bool:
+    return _is_connection_error(exc) or any(phrase in str(exc).lower() for phrase in _LOST_MID_STATEMENT)
+
+
 def _connection_reason(exc: Exception) -> str:
     """libpq's own words from a DuckDB error, without the SQL text the extension wraps around them."""
     for line in str(exc).splitlines():
@@ -203,8 +212,14 @@ def connect(path: str | Path, read_only: bool = False, wait_seconds: float = 600
             _wait_for_catalog(con, "use lake")  # the first statement of a cursor that reaches the catalog
             con.execute(f"set memory_limit = {_quoted(memory_limit)}" if memory_limit else "reset memory_limit")
             yield con
-        except duckdb.Error as exc:
-            if not _is_connection_error(exc):
+        except BaseException as exc:
+            # roll back here, where a failure is an exception: closing a cursor whose transaction lost
+            # its catalog connection makes DuckDB's own rollback throw from C++ and abort the process
+            try:
+                con.execute("rollback")
+            except duckdb.Error:
+                pass  # no transaction was open, or the catalog is gone: nothing was committed either way
+            if not (isinstance(exc, duckdb.Error) and _is_lost_catalog(exc)):
                 raise
             # nothing of an unfinished transaction is committed; the file stays pending
             raise StoreError(f"lost the connection to the lake's catalog: {_connection_reason(exc)}") from exc
