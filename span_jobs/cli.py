@@ -127,7 +127,7 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @labeled_option
 @path_option("--out", "out_dir", what="out", required=True, help="Model directory to write.")
-@click.option("--preset", default="small", show_default=True, help="Model size: tiny, small, medium or base.")
+@click.option("--preset", default="small", show_default=True, help="Model size: tiny, small, small-deep, medium or base.")
 @click.option("--init-from", default=None, help="Fine-tune this model (directory, default or promoted) instead.")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))

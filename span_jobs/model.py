@@ -26,6 +26,7 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(d_model=32, d_ff=64, num_heads=2, num_layers=2, num_decoder_layers=1),  # tests
     "small": dict(d_model=256, d_ff=1024, num_heads=4, num_layers=4, num_decoder_layers=2),  # 8.9M, CPU
+    "small-deep": dict(d_model=256, d_ff=1024, num_heads=4, num_layers=6, num_decoder_layers=2),  # 11M, CPU
     "medium": dict(d_model=384, d_ff=1536, num_heads=6, num_layers=6, num_decoder_layers=2),  # ~20M
     "base": dict(d_model=768, d_ff=3072, num_heads=12, num_layers=12, num_decoder_layers=12),  # t5-base shape
 }
