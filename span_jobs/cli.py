@@ -135,6 +135,8 @@ def cli(verbose: bool) -> None:
 @click.option("--vocab-size", default=8000, show_default=True, type=click.IntRange(min=200))
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Train on the first N rows only.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--dropout", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="The student's dropout rate (T5's default 0.1).")
 @click.option("--save-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Precision of the saved weights; bfloat16 halves the file.")
 @click.option("--distill", is_flag=True,

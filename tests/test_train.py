@@ -5,6 +5,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from span_jobs.codec import Codec
 from span_jobs.data import LabeledData, LabeledTweet, is_validation, read_labeled, split_validation_parts
@@ -256,3 +257,25 @@ def test_checkpoint_averaging_saves_the_candidate_it_reports_as_kept(tmp_path, l
 
     assert score(choice)["jaccard"] == pytest.approx(candidates[averages["kept"]]["choice_part"])
     assert score(report)["jaccard"] == pytest.approx(candidates[averages["kept"]]["report_part"])
+
+
+def test_dropout_from_the_command_line_is_recorded_and_set_in_the_saved_model(tmp_path, labeled_csv):
+    from click.testing import CliRunner
+
+    from span_jobs.cli import cli
+
+    def trained(out, *extra):
+        result = CliRunner().invoke(cli, [str(a) for a in (
+            "train", "--data", labeled_csv, "--out", out, "--preset", "tiny", "--epochs", 1, "--limit", 120,
+            "--vocab-size", 400, "--device", "cpu", *extra)])
+        assert result.exit_code == 0, result.output
+        return load_model_dir(out)
+
+    plain, without = trained(tmp_path / "plain"), trained(tmp_path / "without", "--dropout", 0)
+    assert (plain.metadata.training["config"]["dropout"], plain.model.config.dropout_rate) == (0.1, 0.1)
+    assert (without.metadata.training["config"]["dropout"], without.model.config.dropout_rate) == (0, 0)
+    plain_weights, without_weights = plain.model.state_dict(), without.model.state_dict()
+    assert any(not torch.equal(plain_weights[k], without_weights[k]) for k in plain_weights)  # it reached training
+    result = CliRunner().invoke(cli, ["train", "--data", str(labeled_csv), "--out", str(tmp_path / "bad"),
+                                      "--dropout", "1"])
+    assert result.exit_code != 0 and "--dropout" in result.output
