@@ -202,6 +202,24 @@ def save_csv():
     return write_csv
 
 
+@pytest.fixture(scope="session")
+def train_tiny_cli(labeled_csv):
+    """`span-jobs train` of a tiny one-epoch model on the first 120 rows into ``out``, plus ``extra`` options;
+    returns ``out``. For tests that a training option reaches the run and its record."""
+    from click.testing import CliRunner
+
+    from span_jobs.cli import cli
+
+    def train(out: Path, *extra) -> Path:
+        result = CliRunner().invoke(cli, [str(a) for a in (
+            "train", "--data", labeled_csv, "--out", out, "--preset", "tiny", "--epochs", 1, "--limit", 120,
+            "--vocab-size", 400, "--device", "cpu", *extra)])
+        assert result.exit_code == 0, result.output
+        return out
+
+    return train
+
+
 # ---- options ---------------------------------------------------------------------------------
 def pytest_addoption(parser):
     parser.addoption("--crash-trials", type=int, default=10,

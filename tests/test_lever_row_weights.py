@@ -68,19 +68,13 @@ def test_distillation_loss_averages_rows_by_their_weight(tokenizer):
     assert distillation_loss(logits, examples, marker_ids, label_ids).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_train_row_weights_from_the_command_line_are_recorded_and_change_the_trained_model(tmp_path, labeled_csv):
-    from click.testing import CliRunner
+def test_train_row_weights_from_the_command_line_are_recorded_and_change_the_trained_model(tmp_path, train_tiny_cli):
     from safetensors.torch import load_file
 
-    from span_jobs.cli import cli
     from span_jobs.model import METADATA_FILE
 
     def trained(out, *extra):
-        result = CliRunner().invoke(cli, [str(a) for a in (
-            "train", "--data", labeled_csv, "--out", out, "--preset", "tiny", "--epochs", 1, "--limit", 120,
-            "--vocab-size", 400, "--device", "cpu", *extra)])
-        assert result.exit_code == 0, result.output
-        return load_file(out / "model.safetensors")
+        return load_file(train_tiny_cli(out, *extra) / "model.safetensors")
 
     plain = trained(tmp_path / "plain")
     weighted = trained(tmp_path / "weighted", "--polar-weight", 2, "--sentiment-weight", 1.5)

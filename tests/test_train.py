@@ -259,19 +259,13 @@ def test_checkpoint_averaging_saves_the_candidate_it_reports_as_kept(tmp_path, l
     assert score(report)["jaccard"] == pytest.approx(candidates[averages["kept"]]["report_part"])
 
 
-def test_dropout_from_the_command_line_is_recorded_and_set_in_the_saved_model(tmp_path, labeled_csv):
+def test_dropout_from_the_command_line_is_recorded_and_set_in_the_saved_model(tmp_path, labeled_csv, train_tiny_cli):
     from click.testing import CliRunner
 
     from span_jobs.cli import cli
 
-    def trained(out, *extra):
-        result = CliRunner().invoke(cli, [str(a) for a in (
-            "train", "--data", labeled_csv, "--out", out, "--preset", "tiny", "--epochs", 1, "--limit", 120,
-            "--vocab-size", 400, "--device", "cpu", *extra)])
-        assert result.exit_code == 0, result.output
-        return load_model_dir(out)
-
-    plain, without = trained(tmp_path / "plain"), trained(tmp_path / "without", "--dropout", 0)
+    plain = load_model_dir(train_tiny_cli(tmp_path / "plain"))
+    without = load_model_dir(train_tiny_cli(tmp_path / "without", "--dropout", 0))
     assert (plain.metadata.training["config"]["dropout"], plain.model.config.dropout_rate) == (0.1, 0.1)
     assert (without.metadata.training["config"]["dropout"], without.model.config.dropout_rate) == (0, 0)
     plain_weights, without_weights = plain.model.state_dict(), without.model.state_dict()
