@@ -148,6 +148,8 @@ def cli(verbose: bool) -> None:
 @click.option("--sentiment-teacher", type=click.Choice(["joint", "classifier"]), default="joint", show_default=True,
               help="With --distill: the sentiment targets come from the span teacher's own head, or from a "
                    "separate classifier fine-tuned from the same encoder (better sentiment, ~15 min more on 2 cores).")
+@click.option("--teacher-epochs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --distill: epochs of each teacher's fine-tuning (about 6 min each on 2 cores in bf16).")
 @click.option("--pretrained-embeddings", is_flag=True,
               help="Start the piece embeddings from MiniLM's (needs span-jobs[teacher]).")
 @click.option("--augment-copies", default=0, show_default=True, type=click.IntRange(min=0),
@@ -165,6 +167,9 @@ def cli(verbose: bool) -> None:
                    "span rows.")
 @click.option("--sentiment-weight", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Weight of the sentiment-tagging rows in the losses, against 1 for neutral span rows.")
+@click.option("--sentiment-states", is_flag=True,
+              help="With --distill: the tagging rows also match the teacher's word states of the tweet read alone "
+                   "(the states its sentiment comes from), as span rows match its states of tweet and sentiment.")
 @click.option("--average-checkpoints", is_flag=True,
               help="Also try the mean of the last k epochs' weights and keep it where it validates better.")
 @click.option("--cpu-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="float32",

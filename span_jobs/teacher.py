@@ -55,6 +55,9 @@ class SoftSpan:
     sentiment: torch.Tensor | None = None  # (3,) P(label) in SENTIMENTS order, from the tweet alone
     # with a separate sentiment teacher, which then gives `sentiment`: the span teacher's own P(label)
     joint_sentiment: torch.Tensor | None = None
+    # (n_words, hidden) the state at each word of the teacher that gives `sentiment`, reading the tweet alone
+    # as its sentiment head does; float16 (TrainConfig.sentiment_states)
+    sentiment_states: torch.Tensor | None = None
 
 
 class SpanTeacher(nn.Module):
@@ -79,19 +82,16 @@ class SpanTeacher(nn.Module):
                                  max_length=256, padding=True, return_tensors="pt")
         device = self.head.weight.device
         hidden = self.encoder(**{k: v.to(device) for k, v in encoded.items()}).last_hidden_state  # (B, T, H)
-        first_token = torch.zeros((len(words), self.max_words), dtype=torch.long)
-        mask = torch.zeros((len(words), self.max_words), dtype=torch.bool)
-        for b in range(len(words)):
-            sequence = encoded.sequence_ids(b)
-            for t, word in enumerate(encoded.word_ids(b)):
-                if word is not None and sequence[t] == 1 and not mask[b, word]:
-                    first_token[b, word], mask[b, word] = t, True
-        gathered = hidden.gather(1, first_token.to(device)[..., None].expand(-1, -1, hidden.shape[-1]))
-        return gathered, mask.to(device)
+        return _at_first_tokens(hidden, encoded, self.max_words, sequence=1)
 
     def sentiment_logits(self, words: list[Words]) -> torch.Tensor:
         """(B, 3) label logits from the [CLS] state of the tweet alone (no sentiment given)."""
-        return self.sentiment_head(_first_token_states(self.encoder, self.tokenizer, words))
+        return self.sentiment_head(_tweet_alone(self.encoder, self.tokenizer, words, self.max_words)[0])
+
+    def sentiment_logits_and_states(self, words: list[Words]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """sentiment_logits, and the (B, max_words, H) states at the words they were read from, with their mask."""
+        first, states, mask = _tweet_alone(self.encoder, self.tokenizer, words, self.max_words)
+        return self.sentiment_head(first), states, mask
 
     def word_logits(self, words: list[Words], sentiments: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, max_words, 2) start/end logits per word, and a (B, max_words) mask of real words."""
@@ -120,16 +120,38 @@ class SentimentTeacher(nn.Module):
 
     def sentiment_logits(self, words: list[Words]) -> torch.Tensor:
         """(B, 3) label logits in SENTIMENTS order."""
-        return self.head(_first_token_states(self.encoder, self.tokenizer, words))
+        return self.head(_tweet_alone(self.encoder, self.tokenizer, words, self.max_words)[0])
+
+    def sentiment_logits_and_states(self, words: list[Words]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """sentiment_logits, and the (B, max_words, H) states at the words they were read from, with their mask."""
+        first, states, mask = _tweet_alone(self.encoder, self.tokenizer, words, self.max_words)
+        return self.head(first), states, mask
 
 
-def _first_token_states(encoder: nn.Module, tokenizer, words: list[Words]) -> torch.Tensor:
-    """(B, H) last-layer state of the first token ([CLS]) of each tweet alone."""
+def _tweet_alone(encoder: nn.Module, tokenizer, words: list[Words],
+                 max_words: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Last-layer states of each tweet read alone: at its first token ([CLS]) (B, H), and at each word's first
+    sub-token (B, max_words, H) with a (B, max_words) mask of the words within its 256 tokens."""
     units = [[w.unit(i) for i in range(len(w))] or [""] for w in words]
     encoded = tokenizer(units, is_split_into_words=True, truncation=True, max_length=256, padding=True,
                         return_tensors="pt")
     device = next(encoder.parameters()).device
-    return encoder(**{k: v.to(device) for k, v in encoded.items()}).last_hidden_state[:, 0]
+    hidden = encoder(**{k: v.to(device) for k, v in encoded.items()}).last_hidden_state  # (B, T, H)
+    return hidden[:, 0], *_at_first_tokens(hidden, encoded, max_words, sequence=0)
+
+
+def _at_first_tokens(hidden: torch.Tensor, encoded, max_words: int, sequence: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, max_words, H) states at each word's first sub-token in the given sequence of a tokenizer output (0: the
+    first text, 1: the second of a pair), and the (B, max_words) mask of words that have one (zero states elsewhere)."""
+    first_token = torch.zeros((hidden.shape[0], max_words), dtype=torch.long)
+    mask = torch.zeros((hidden.shape[0], max_words), dtype=torch.bool)
+    for b in range(hidden.shape[0]):
+        sequence_ids = encoded.sequence_ids(b)
+        for t, word in enumerate(encoded.word_ids(b)):
+            if word is not None and sequence_ids[t] == sequence and not mask[b, word]:
+                first_token[b, word], mask[b, word] = t, True
+    gathered = hidden.gather(1, first_token.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
+    return gathered, mask.to(hidden.device)
 
 
 def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -228,17 +250,26 @@ def _autocast(module: nn.Module, bf16: bool):
 
 @torch.inference_mode()
 def soft_sentiments(teacher: SentimentTeacher, tweets: list[LabeledTweet], batch_size: int = 64,
-                    bf16: bool = False) -> dict[str, torch.Tensor]:
-    """The classifier's P(label) in SENTIMENTS order, (3,), for each tweet, by tweet id."""
-    out: dict[str, torch.Tensor] = {}
+                    bf16: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The classifier's P(label) in SENTIMENTS order, (3,), and its float16 state at each word, (n_words, H),
+    for each tweet, by tweet id."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     tweets = sorted(tweets, key=lambda t: len(t.text))  # batches of similar lengths; the result is by id
     for i in tqdm(range(0, len(tweets), batch_size), desc="sentiment teacher predictions", leave=False):
         batch = tweets[i: i + batch_size]
+        words = [split_words(t.text, teacher.max_words) for t in batch]
         with _autocast(teacher, bf16):
-            logits = teacher.sentiment_logits([split_words(t.text, teacher.max_words) for t in batch])
+            logits, states, mask = teacher.sentiment_logits_and_states(words)
         probs = logits.float().softmax(-1).cpu()
-        out.update((t.tweet_id, p.clone()) for t, p in zip(batch, probs))
+        states = _half(states, mask)
+        out.update((t.tweet_id, (p.clone(), states[b, : len(w)].clone()))
+                   for b, (t, w, p) in enumerate(zip(batch, words, probs)))
     return out
+
+
+def _half(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Word states as teacher outputs keep them: float16 on the CPU, zero for words past the teacher's 256 tokens."""
+    return (states * mask[..., None]).to(torch.float16).cpu()
 
 
 @torch.inference_mode()
@@ -253,15 +284,15 @@ def soft_spans(teacher: SpanTeacher, tweets: list[LabeledTweet], batch_size: int
         with _autocast(teacher, bf16):
             states, mask = teacher.word_states(words, [t.sentiment for t in batch])
             logits = teacher.head(states).float()
-            sentiment_logits = teacher.sentiment_logits(words)
+            sentiment_logits, alone, alone_mask = teacher.sentiment_logits_and_states(words)
         first = _masked(logits[..., 0], mask).softmax(-1).cpu()
         last = _masked(logits[..., 1], mask).softmax(-1).cpu()
-        states = (states * mask[..., None]).to(torch.float16).cpu()  # words past its 256 tokens: zero
+        states, alone = _half(states, mask), _half(alone, alone_mask)
         sentiment = sentiment_logits.float().softmax(-1).cpu()
         for b, (t, w) in enumerate(zip(batch, words)):
             n = len(w)
             out[t.tweet_id] = SoftSpan(first[b, :n].clone(), last[b, :n].clone(), states[b, :n].clone(),
-                                       sentiment[b].clone())
+                                       sentiment[b].clone(), sentiment_states=alone[b, :n].clone())
     return out
 
 
@@ -293,8 +324,9 @@ def teacher_outputs(train_tweets: list[LabeledTweet], labelled: list[LabeledTwee
     if sentiment_teacher == "classifier":
         classifier = train_sentiment_teacher(train_tweets, max_words, epochs=epochs, seed=seed, device=device,
                                              directory=directory, bf16=bf16)
-        for tweet_id, probs in soft_sentiments(classifier, labelled, bf16=bf16).items():
+        for tweet_id, (probs, states) in soft_sentiments(classifier, labelled, bf16=bf16).items():
             soft[tweet_id].joint_sentiment, soft[tweet_id].sentiment = soft[tweet_id].sentiment, probs
+            soft[tweet_id].sentiment_states = states
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")  # a run that dies while writing leaves no half a cache entry

@@ -78,6 +78,11 @@ class TrainConfig:
     # weight of the sentiment rows (the tagging task) in the losses, against 1 for neutral span rows: end to
     # end quality hangs on the tagger, which the student learns less well than its teacher (0.74 vs 0.77)
     sentiment_weight: float = 1.0
+    # with distill: the sentiment rows also match the teacher's word states (state_weight), those it read the tweet
+    # alone with for its sentiment, as span rows match those it read the tweet and sentiment with. The student
+    # tags less well than its teacher even on tweets it trained on (0.753 against 0.797 on 2,400 of them), and
+    # three numbers per tweet are all it learns the tagging from otherwise
+    sentiment_states: bool = False
     # with distill: a directory where the teachers' outputs are kept and read back by a later run with the
     # same data and teacher settings (teacher.teacher_outputs); for trials of the student, not for reproducing
     teacher_cache: str | None = None
@@ -124,12 +129,15 @@ class Example:
     soft_last: torch.Tensor | None = None  # (N_SENTINELS,)
     teacher_states: torch.Tensor | None = None  # (n_words, H): the teacher's state at each word
     soft_label: torch.Tensor | None = None  # sentiment examples: the teacher's P(label), (3,)
+    # sentiment examples with teacher_states: where each word's ids begin in input_ids (span inputs mark a word
+    # with its marker)
+    word_starts: tuple[int, ...] | None = None
     weight: float = 1.0  # the row's weight in the losses (TrainConfig.polar_weight and sentiment_weight)
 
 
 def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool,
                   soft: dict | None = None, repair_labels: bool = False, polar_weight: float = 1.0,
-                  sentiment_weight: float = 1.0) -> list[Example]:
+                  sentiment_weight: float = 1.0, sentiment_states: bool = False) -> list[Example]:
     """Training examples of both tasks; tweets whose selection maps to no word are skipped."""
     examples = []
     for t in tweets:
@@ -153,9 +161,14 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
         examples.append(Example(codec.span_input(words, t.sentiment), codec.span_target(*located),
                                 soft_first, soft_last, states, weight=weight))
         if sentiment_task:
-            soft_label = soft[t.tweet_id].sentiment if soft is not None and t.tweet_id in soft else None
+            taught = soft.get(t.tweet_id) if soft is not None else None  # the teacher's view of the tweet
+            states = starts = None
+            if sentiment_states and taught is not None and taught.sentiment_states is not None:
+                starts = codec.sentiment_word_starts(words)
+                states = taught.sentiment_states if starts is not None else None
             examples.append(Example(codec.sentiment_input(words), codec.sentiment_target(t.sentiment),
-                                    soft_label=soft_label, weight=sentiment_weight))
+                                    teacher_states=states, soft_label=taught.sentiment if taught else None,
+                                    weight=sentiment_weight, word_starts=tuple(starts) if states is not None else None))
     return examples
 
 
@@ -223,6 +236,18 @@ def state_loss(states: torch.Tensor, present: torch.Tensor, batch: list[Example]
     if not known.any():
         return None
     return (1 - torch.nn.functional.cosine_similarity(student[known], target[known], dim=-1)).mean()
+
+
+def word_starts(marker_mask: torch.Tensor, batch: list[Example]) -> torch.Tensor:
+    """(B, T) where each word's ids begin, for pooling word states: the markers of span rows, and the word starts
+    of sentiment rows that have them (Example.word_starts); the marker mask itself when no row has those."""
+    rows = [(i, e.word_starts) for i, e in enumerate(batch) if e.word_starts]
+    if not rows:
+        return marker_mask
+    starts = marker_mask.clone()
+    for i, positions in rows:
+        starts[i, list(positions)] = True
+    return starts
 
 
 def training_split(tweets: list[LabeledTweet], config: TrainConfig) -> tuple[list[LabeledTweet], list[LabeledTweet]]:
@@ -361,7 +386,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
     # ---- examples --------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # what follows draws the same whether the teacher trained in this run or not
     examples = make_examples(codec, train_tweets + augmented, config.sentiment_task, soft, config.repair_labels,
-                             config.polar_weight, config.sentiment_weight)
+                             config.polar_weight, config.sentiment_weight, config.sentiment_states)
     if not examples:
         raise TrainingError("no usable training examples")
     lengths = [len(e.input_ids) for e in examples]
@@ -432,8 +457,9 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                     if distilled is not None:
                         loss = (1 - config.distill_weight) * loss + config.distill_weight * distilled
                 if projection is not None:
-                    words = keys if getattr(model.config, "span_pointer", None) == "word" else word_states(
-                        encoded, attention_mask, marker_mask, input_ids, tokenizer.eos_id)  # pooled once
+                    starts = word_starts(marker_mask, batch)  # span rows: their markers
+                    words = keys if starts is marker_mask and getattr(model.config, "span_pointer", None) == "word" \
+                        else word_states(encoded, attention_mask, starts, input_ids, tokenizer.eos_id)  # pooled once
                     matched = state_loss(words[0], words[2], batch, projection)
                     if matched is not None:
                         loss = loss + config.state_weight * matched

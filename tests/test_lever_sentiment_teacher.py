@@ -1,5 +1,7 @@
 """A separate MiniLM-style classifier as the sentiment teacher (a tiny BERT built here)."""
 
+import json
+
 import pytest
 import torch
 
@@ -20,23 +22,28 @@ def test_the_classifier_learns_the_labels_and_gives_a_distribution_per_tweet(wor
     classifier = train_sentiment_teacher(TWEETS, max_words=8, epochs=30, lr=3e-3, batch_size=6,
                                          directory=wordpiece_dir)
     assert not classifier.training
-    probs = soft_sentiments(classifier, TWEETS, batch_size=4)
-    assert set(probs) == {t.tweet_id for t in TWEETS}
+    outputs = soft_sentiments(classifier, TWEETS, batch_size=4)
+    assert set(outputs) == {t.tweet_id for t in TWEETS}
     for t in TWEETS:
-        assert probs[t.tweet_id].shape == (3,)
-        assert probs[t.tweet_id].sum().item() == pytest.approx(1.0, abs=1e-5)
+        probs, states = outputs[t.tweet_id]
+        assert probs.shape == (3,)
+        assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+        # its state at each of the tweet's words, the states its label was read from
+        assert states.shape == (len(t.text.split()), 24) and states.dtype == torch.float16
+        assert (states.abs().sum(-1) > 0).all()
 
-    def gold(p):
-        return sum(p[t.tweet_id][SENTIMENTS.index(t.sentiment)].item() for t in TWEETS) / len(TWEETS)
+    def gold(outputs):
+        return sum(outputs[t.tweet_id][0][SENTIMENTS.index(t.sentiment)].item() for t in TWEETS) / len(TWEETS)
 
-    assert gold(probs) > gold(soft_sentiments(untrained, TWEETS)) + 0.1
+    assert gold(outputs) > gold(soft_sentiments(untrained, TWEETS)) + 0.1
 
 
 def test_a_tweets_classifier_output_does_not_depend_on_its_batch(wordpiece_dir):
     classifier = train_sentiment_teacher(TWEETS, max_words=8, epochs=1, batch_size=6, directory=wordpiece_dir)
     alone = soft_sentiments(classifier, TWEETS[:1])
     padded = soft_sentiments(classifier, TWEETS)
-    assert torch.allclose(alone["t0"], padded["t0"], atol=1e-5)
+    assert torch.allclose(alone["t0"][0], padded["t0"][0], atol=1e-5)
+    assert torch.allclose(alone["t0"][1].float(), padded["t0"][1].float(), atol=1e-2)  # float16
 
 
 def test_an_unknown_sentiment_teacher_is_refused_before_training(tmp_path):
@@ -56,3 +63,11 @@ def test_a_distilled_run_with_the_classifier_reports_both_teachers_beside_the_st
         figures = training[f"teacher_{part}"]
         assert set(figures) == {"jaccard", "joint_sentiment_accuracy", "classifier_sentiment_accuracy"}
         assert all(0 <= v <= 1 for v in figures.values())
+
+
+def test_teacher_epochs_from_the_command_line_reach_the_run_and_its_record(tmp_path, train_tiny_cli, wordpiece_dir):
+    from span_jobs.model import METADATA_FILE
+
+    out = train_tiny_cli(tmp_path / "m", "--distill", "--teacher-dir", wordpiece_dir, "--teacher-epochs", 2)
+    config = json.loads((out / METADATA_FILE).read_text())["training"]["config"]
+    assert config["teacher_epochs"] == 2
