@@ -136,7 +136,7 @@ def cli(verbose: bool) -> None:
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Train on the first N rows only.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--dropout", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="The student's dropout rate (T5's default 0.1).")
+              help="The student's dropout rate (T5's default 0.1; the default recipe's is 0: the student underfits).")
 @click.option("--save-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Precision of the saved weights; bfloat16 halves the file.")
 @click.option("--distill", is_flag=True,
@@ -169,7 +169,8 @@ def cli(verbose: bool) -> None:
               help="Weight of the sentiment-tagging rows in the losses, against 1 for neutral span rows.")
 @click.option("--sentiment-states", is_flag=True,
               help="With --distill: the tagging rows also match the teacher's word states of the tweet read alone "
-                   "(the states its sentiment comes from), as span rows match its states of tweet and sentiment.")
+                   "(the states its sentiment comes from), as span rows match its states of tweet and sentiment "
+                   "(the default recipe's choice).")
 @click.option("--average-checkpoints", is_flag=True,
               help="Also try the mean of the last k epochs' weights and keep it where it validates better.")
 @click.option("--cpu-precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="float32",

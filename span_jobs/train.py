@@ -107,8 +107,8 @@ SENTIMENT_TEACHERS = ("joint", "classifier")
 # span-jobs[teacher].
 RECIPES: dict[str, dict] = {
     "default": {"preset": "small", "epochs": 5, "distill": True, "distill_weight": 0.9, "state_weight": 5.0,
-                "sentiment_teacher": "joint", "pretrained_embeddings": True, "save_dtype": "bfloat16",
-                "cpu_precision": "auto"},
+                "sentiment_teacher": "joint", "pretrained_embeddings": True, "dropout": 0.0, "sentiment_states": True,
+                "save_dtype": "bfloat16", "cpu_precision": "auto"},
 }
 
 
