@@ -2,6 +2,7 @@
 need Prefect, which the library never imports: `demo` runs the flows, `labeled-arrived` emits
 the event the retrain-model deployment's trigger waits for."""
 
+import gc
 from pathlib import Path
 
 import click
@@ -57,4 +58,10 @@ def labeled_arrived(path):
 
 
 def main() -> None:
-    cli(prog_name="span-jobs")
+    try:
+        cli(prog_name="span-jobs")
+    finally:
+        # The process ends here. At shutdown Python's collector walks every object torch and transformers
+        # made (~400,000): 1.1 s of a 6.5 s one-tweet `predict` on 2 cores, 0.2 s once frozen. Every
+        # file is closed by now; the OS takes the memory back.
+        gc.freeze()

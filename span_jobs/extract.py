@@ -288,7 +288,7 @@ class SpanExtractor:
 
         The encoder runs once, the decoder's first step once per row; the second step runs once per
         first-word candidate on the first step's cache (the encoder's cross-attention keys and values
-        are computed once, not k times), and only the word markers' logits are computed.
+        are computed and kept once per row, not k times), and only the word markers' logits are computed.
         """
         input_ids = batch.input_ids.to(self.device)
         attention_mask = batch.attention_mask.to(self.device)
@@ -314,9 +314,11 @@ class SpanExtractor:
             return t.repeat_interleave(k, dim=0)
 
         cache = step.cache
-        cache.batch_repeat_interleave(k)  # (B*k, ...): each candidate attends to its row's encoder keys
-        # the cache holds the encoder's cross-attention keys and values: its states only give the
-        # decoder the batch's shape here, so a zero-stride view stands in for k copies of them
+        # each candidate continues its row's first step: k copies of the self-attention cache (one
+        # position). The encoder's cross-attention keys and values stay one per row: the attention
+        # (model.shared_keys_attention) lets a row's k candidates share them, and the encoder states only give
+        # the decoder the batch's shape here, so a zero-stride view stands in for k copies of them
+        cache.self_attention_cache.batch_repeat_interleave(k)
         shape_only = encoded.new_zeros(1, 1, 1).expand(rows * k, *encoded.shape[1:])
         step = decoder(input_ids=markers[top_first].reshape(-1, 1), encoder_hidden_states=shape_only,
                        encoder_attention_mask=repeat(attention_mask), cache=cache, use_cache=True)

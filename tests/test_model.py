@@ -16,6 +16,7 @@ from span_jobs.model import (
     ModelMetadata,
     RandomBitsDropout,
     build_model,
+    shared_keys_attention,
     load_model_dir,
     save_model,
     use_random_bits_dropout,
@@ -124,6 +125,39 @@ def test_load_round_trip_gives_identical_logits(tokenizer, tmp_path):
     assert loaded.directory == directory
     assert loaded.tokenizer.model_proto == tokenizer.model_proto
     assert not loaded.model.training  # loaded for inference
+
+
+@pytest.mark.parametrize("queries", [1, 3])
+@pytest.mark.parametrize("bias_rows", ["shared", "per row"])
+def test_shared_keys_attention_is_sdpa_over_copies_of_the_keys(queries, bias_rows):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = torch.nn.Module().eval()
+    module.is_causal = False
+    rows, groups, heads, width, d = 3, 4, 2, 7, 8
+    query = torch.randn(rows * groups, heads, queries, d)
+    key, value = torch.randn(rows, heads, width, d), torch.randn(rows, heads, width, d)
+    # each query row sees its own keys: the row's padding, and a different cut for every query row
+    mask = torch.arange(width)[None, None, None, :] < torch.randint(1, width + 1, (rows * groups, 1, queries, 1))
+    bias = torch.randn(1 if bias_rows == "shared" else rows * groups, heads, queries, width)
+    shared, _ = shared_keys_attention(module, query, key, value, mask, position_bias=bias, scaling=1.0, dropout=0.0)
+    copied, _ = sdpa_attention_forward(module, query, key.repeat_interleave(groups, 0),
+                                       value.repeat_interleave(groups, 0), mask, position_bias=bias, scaling=1.0,
+                                       dropout=0.0)
+    assert shared.shape == copied.shape == (rows * groups, queries, heads, d)
+    assert torch.allclose(shared, copied, atol=1e-6)
+
+
+def test_models_run_on_shared_keys_attention_and_save_plain_hugging_face_configs(tokenizer, tmp_path):
+    from span_jobs.model import ATTENTION
+
+    model = build_model("tiny", tokenizer)
+    assert model.config._attn_implementation == ATTENTION
+    assert model.get_decoder().config._attn_implementation == ATTENTION
+    directory = save_model(LoadedModel(model, tokenizer, ModelMetadata(version="a", created_at="")), tmp_path / "a")
+    assert ATTENTION not in (directory / "config.json").read_text()  # plain transformers can load it
+    assert load_model_dir(directory).model.config._attn_implementation == ATTENTION
 
 
 def test_plain_hugging_face_directory_loads_and_gets_a_version(tokenizer, tmp_path):
