@@ -43,37 +43,50 @@ class Codec:
     def words(self, text: str) -> Words:
         return split_words(text, self.max_words)
 
-    def _word_ids(self, words: Words, with_markers: bool) -> tuple[list[int], list[int]]:
-        """Each word's marker (span task), its pieces, then its lexicon valence piece if it has one; and the
-        position where each word's ids begin.
+    def _word_ids(self, tweets: list[Words], with_markers: bool) -> list[tuple[list[int], list[int]]]:
+        """Of each tweet: each word's marker (span task), its pieces, then its lexicon valence piece if it
+        has one; and the position where each word's ids begin.
 
-        Marker before the word scored 0.497 after one epoch, marker after it 0.474 (small preset).
+        Marker before the word scored 0.497 after one epoch, marker after it 0.474 (small preset). All the
+        tweets' words go to the tokenizer in one call: one call per tweet took 0.4 s of 2,424 tweets, one
+        for all 0.015 s.
         """
-        units = [words.unit(i) for i in range(len(words))]
+        units = [[words.unit(i) for i in range(len(words))] for words in tweets]
+        pieces = iter(self.tok.encode_words([unit for tweet in units for unit in tweet]))
         lexicon_ids = self.tok.lexicon_ids
-        ids: list[int] = []
-        starts: list[int] = []
-        for i, pieces in enumerate(self.tok.encode_words(units) if units else []):
-            starts.append(len(ids))
-            if with_markers:
-                ids.append(self.tok.marker_id(i))
-            ids.extend(pieces[:MAX_PIECES_PER_WORD])
-            if lexicon_ids is not None:
-                bucket = valence_bucket(units[i])
-                if bucket is not None:
-                    ids.append(lexicon_ids[bucket])
-        return ids, starts
+        encoded = []
+        for tweet in units:
+            ids: list[int] = []
+            starts: list[int] = []
+            for i, unit in enumerate(tweet):
+                starts.append(len(ids))
+                if with_markers:
+                    ids.append(self.tok.marker_id(i))
+                ids.extend(next(pieces)[:MAX_PIECES_PER_WORD])
+                if lexicon_ids is not None:
+                    bucket = valence_bucket(unit)
+                    if bucket is not None:
+                        ids.append(lexicon_ids[bucket])
+            encoded.append((ids, starts))
+        return encoded
+
+    def span_inputs(self, tweets: list[Words], sentiments: list[str]) -> list[list[int]]:
+        return [self._span_prefix[s] + ids + [self.tok.eos_id]
+                for (ids, _), s in zip(self._word_ids(tweets, with_markers=True), sentiments, strict=True)]
+
+    def sentiment_inputs(self, tweets: list[Words]) -> list[list[int]]:
+        return [self._sentiment_prefix + ids + [self.tok.eos_id] for ids, _ in self._word_ids(tweets, with_markers=False)]
 
     def span_input(self, words: Words, sentiment: str) -> list[int]:
-        return self._span_prefix[sentiment] + self._word_ids(words, with_markers=True)[0] + [self.tok.eos_id]
+        return self.span_inputs([words], [sentiment])[0]
 
     def sentiment_input(self, words: Words) -> list[int]:
-        return self._sentiment_prefix + self._word_ids(words, with_markers=False)[0] + [self.tok.eos_id]
+        return self.sentiment_inputs([words])[0]
 
     def sentiment_word_starts(self, words: Words) -> list[int] | None:
         """Where each word begins in sentiment_input(words) (the span input marks it with its marker), or None
         if some word has no ids there (no pieces and no lexicon piece), so positions cannot tell its words apart."""
-        ids, starts = self._word_ids(words, with_markers=False)
+        [(ids, starts)] = self._word_ids([words], with_markers=False)
         if any(b <= a for a, b in zip(starts, starts[1:] + [len(ids)])):
             return None
         return [len(self._sentiment_prefix) + s for s in starts]

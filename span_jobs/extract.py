@@ -246,7 +246,7 @@ class SpanExtractor:
     @torch.inference_mode()
     def sentiment_logits(self, words: list[Words]) -> torch.Tensor:
         """The model's logits of the three labels at the first decoder step, uncalibrated: (N, 3) on CPU."""
-        inputs = [self.codec.sentiment_input(w) for w in words]
+        inputs = self.codec.sentiment_inputs(words)
         out = torch.zeros((len(inputs), len(SENTIMENTS)))
         batches = token_budget_batches([len(x) for x in inputs], self.token_budget, self.max_batch_size)
         for rows in tqdm(batches, desc="tagging sentiment", unit="batch", disable=not self.progress, leave=False):
@@ -272,7 +272,7 @@ class SpanExtractor:
         first = torch.zeros((len(words), width), dtype=torch.long)
         last = torch.zeros((len(words), width), dtype=torch.long)
         logp = torch.full((len(words), width), float("-inf"))
-        inputs = [self.codec.span_input(w, s) for w, s in zip(words, sentiments)]
+        inputs = self.codec.span_inputs(words, sentiments)
         batches = token_budget_batches([len(x) for x in inputs], self.token_budget, self.max_batch_size)
         for rows in tqdm(batches, desc="extracting spans", unit="batch", disable=not self.progress, leave=False):
             batch = self.codec.pad([inputs[i] for i in rows])

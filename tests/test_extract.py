@@ -289,6 +289,19 @@ def test_span_input_puts_a_marker_before_each_word(tokenizer):
     assert codec.span_target(1, 2) == [tokenizer.marker_id(1), tokenizer.marker_id(2), tokenizer.eos_id]
 
 
+def test_inputs_of_many_tweets_are_each_tweets_own(tokenizer):
+    codec = Codec(tokenizer)
+    texts = ["so sad today", "", "i love this day so much :)", "ugh", "  spaced   out  words "]
+    tweets = [split_words(t, 100) for t in texts]
+    sentiments = ["negative", "neutral", "positive", "negative", "neutral"]
+    alone = [tokenizer.encode_words([w.unit(i) for i in range(len(w))]) for w in tweets]  # one tweet per call
+    spans, labels = codec.span_inputs(tweets, sentiments), codec.sentiment_inputs(tweets)
+    for words, sentiment, pieces, span_ids, sentiment_ids in zip(tweets, sentiments, alone, spans, labels):
+        assert span_ids == codec.span_input(words, sentiment) and sentiment_ids == codec.sentiment_input(words)
+        plain = [i for i in sentiment_ids if i not in (tokenizer.lexicon_ids or ())]
+        assert plain == codec.sentiment_inputs([split_words("", 100)])[0][:-1] + sum(pieces, []) + [tokenizer.eos_id]
+
+
 def test_pad_builds_right_padded_tensors(tokenizer):
     batch = Codec(tokenizer).pad([[5, 6, 7], [8]])
     assert batch.input_ids.tolist() == [[5, 6, 7], [8, tokenizer.pad_id, tokenizer.pad_id]]
