@@ -20,7 +20,8 @@ from .calibration import calibrate
 from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation, split_validation_parts
 from .evaluate import evaluate_model
 from .errors import TrainingError
-from .extract import PRECISIONS, SpanExtractor, pick_device, pick_dtype
+from .extract import PRECISIONS, SpanExtractor, choose_span, pick_device, pick_dtype
+from .metric import mean_jaccard
 from .model import (LoadedModel, ModelMetadata, build_model, check_writable_model_dir, encode,
                     load_model_dir, new_version, pointer_keys, save_model, span_logits, use_random_bits_dropout,
                     word_states)
@@ -303,12 +304,21 @@ def choose_mbr_temperature(loaded: LoadedModel, tweets: list[LabeledTweet], devi
     The last-word probabilities are learned after the gold first word only; after a wrong first
     word they are guesses, which a temperature of 1 weighs in full. How much to sharpen differs by
     model (1.0 suited the marker pointer; the first word-pointer models picked 0.5 and 0.4), so each
-    run picks its own.
+    run picks its own. The model runs once: the temperature changes only which candidate is chosen,
+    so every temperature scores as validate(..., mbr_temperature=t) would (a test checks).
     """
+    extractor = SpanExtractor(loaded, device=device, precision="float32")
+    words = [extractor.codec.words(t.text) for t in tweets]
+    spoken = [i for i, w in enumerate(words) if len(w)]  # a tweet without words has the empty span at any temperature
+    candidates = extractor.candidate_spans([words[i] for i in spoken], [tweets[i].sentiment for i in spoken])
     scores = {}
     for temperature in MBR_TEMPERATURES:
-        figures = validate(loaded, tweets, device, predict_sentiment=False, mbr_temperature=temperature)
-        scores[temperature] = figures["jaccard"]
+        firsts, lasts, _ = choose_span(candidates, temperature, extractor.decoding == "likeliest",
+                                       reference=extractor.reference_candidates)
+        spans = [""] * len(tweets)
+        for i, first, last in zip(spoken, firsts, lasts):
+            spans[i] = words[i].text[slice(*words[i].span(first, last, extractor.span_label_shift))]
+        scores[temperature] = mean_jaccard(spans, [t.selected_text for t in tweets])
     return max(scores, key=scores.get), scores
 
 

@@ -12,8 +12,8 @@ from span_jobs.data import LabeledData, LabeledTweet, is_validation, read_labele
 from span_jobs.model import METADATA_FILE, WEIGHTS_FILE, load_model_dir
 from span_jobs.evaluate import score_predictions
 from span_jobs.extract import SpanExtractor
-from span_jobs.train import (MBR_TEMPERATURES, TRAIN_LOG, TrainConfig, TrainingError, length_bucketed_batches,
-                             make_examples, train)
+from span_jobs.train import (MBR_TEMPERATURES, TRAIN_LOG, TrainConfig, TrainingError, choose_mbr_temperature,
+                             length_bucketed_batches, make_examples, train, validate)
 
 
 def test_training_writes_a_model_directory(trained):
@@ -88,6 +88,16 @@ def test_training_picks_the_expected_jaccard_temperature_on_the_choice_part(trai
     assert choice and report
     assert score(choice)["jaccard"] == pytest.approx(tried[chosen])  # chosen there...
     assert score(report)["jaccard"] == pytest.approx(trained.validation["report_part"]["jaccard"])  # ...quoted here
+
+
+def test_choosing_the_temperature_from_one_run_of_the_model_scores_as_validation_at_each(trained, trained_data):
+    loaded = load_model_dir(trained.directory)
+    tweets = [t for t in trained_data.tweets if is_validation(t.tweet_id)][:40]
+    tweets.insert(3, LabeledTweet(tweet_id="no-words", text="   ", selected_text="", sentiment="neutral"))
+    chosen, scores = choose_mbr_temperature(loaded, tweets, "cpu")
+    assert scores == {t: validate(loaded, tweets, "cpu", predict_sentiment=False, mbr_temperature=t)["jaccard"]
+                      for t in MBR_TEMPERATURES}
+    assert scores[chosen] == max(scores.values())
 
 
 def test_recorded_validation_is_what_the_saved_bf16_weights_score(tmp_path, trained_data):
