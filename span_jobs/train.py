@@ -309,14 +309,16 @@ def choose_mbr_temperature(loaded: LoadedModel, tweets: list[LabeledTweet], devi
     """
     extractor = SpanExtractor(loaded, device=device, precision="float32")
     words = [extractor.codec.words(t.text) for t in tweets]
-    spoken = [i for i, w in enumerate(words) if len(w)]  # a tweet without words has the empty span at any temperature
-    candidates = extractor.candidate_spans([words[i] for i in spoken], [tweets[i].sentiment for i in spoken])
+    with_words = [i for i, w in enumerate(words) if len(w)]  # one without has the empty span at any temperature
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=extractor.device.type == "cuda"):  # as validate runs
+        candidates = extractor.candidate_spans([words[i] for i in with_words],
+                                               [tweets[i].sentiment for i in with_words])
     scores = {}
     for temperature in MBR_TEMPERATURES:
         firsts, lasts, _ = choose_span(candidates, temperature, extractor.decoding == "likeliest",
                                        reference=extractor.reference_candidates)
         spans = [""] * len(tweets)
-        for i, first, last in zip(spoken, firsts, lasts):
+        for i, first, last in zip(with_words, firsts, lasts):
             spans[i] = words[i].text[slice(*words[i].span(first, last, extractor.span_label_shift))]
         scores[temperature] = mean_jaccard(spans, [t.selected_text for t in tweets])
     return max(scores, key=scores.get), scores
