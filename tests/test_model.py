@@ -16,9 +16,9 @@ from span_jobs.model import (
     ModelMetadata,
     RandomBitsDropout,
     build_model,
-    shared_keys_attention,
     load_model_dir,
     save_model,
+    shared_keys_attention,
     use_random_bits_dropout,
 )
 from span_jobs.registry import Registry, load_model, resolve_model_dir
