@@ -141,8 +141,10 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
                   sentiment_weight: float = 1.0, sentiment_states: bool = False) -> list[Example]:
     """Training examples of both tasks; tweets whose selection maps to no word are skipped."""
     examples = []
-    for t in tweets:
-        words = codec.words(t.text)
+    all_words = [codec.words(t.text) for t in tweets]
+    span_ids = codec.span_inputs(all_words, [t.sentiment for t in tweets])  # one tokenizer call each
+    sentiment_ids = codec.sentiment_inputs(all_words) if sentiment_task else None
+    for row, (t, words) in enumerate(zip(tweets, all_words)):
         selected = repair_selection(t.text, t.selected_text) if repair_labels else t.selected_text
         located = locate_selection(words, selected)
         if located is None:
@@ -159,7 +161,7 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
             if soft_last is None:
                 soft_first = None
         weight = 1.0 if t.sentiment == "neutral" else polar_weight
-        examples.append(Example(codec.span_input(words, t.sentiment), codec.span_target(*located),
+        examples.append(Example(span_ids[row], codec.span_target(*located),
                                 soft_first, soft_last, states, weight=weight))
         if sentiment_task:
             taught = soft.get(t.tweet_id) if soft is not None else None  # the teacher's view of the tweet
@@ -167,7 +169,7 @@ def make_examples(codec: Codec, tweets: list[LabeledTweet], sentiment_task: bool
             if sentiment_states and taught is not None and taught.sentiment_states is not None:
                 starts = codec.sentiment_word_starts(words)
                 states = taught.sentiment_states if starts is not None else None
-            examples.append(Example(codec.sentiment_input(words), codec.sentiment_target(t.sentiment),
+            examples.append(Example(sentiment_ids[row], codec.sentiment_target(t.sentiment),
                                     teacher_states=states, soft_label=taught.sentiment if taught else None,
                                     weight=sentiment_weight, word_starts=tuple(starts) if states is not None else None))
     return examples
