@@ -13,6 +13,7 @@ import torch
 from span_jobs.codec import Codec
 from span_jobs.extract import SpanExtractor
 from span_jobs.model import LoadedModel, ModelMetadata, build_model
+from span_jobs.t5 import T5, T5Config
 from span_jobs.tokenizer import train_tokenizer
 
 WORDS = ("so happy today with my friends at the beach but work tomorrow is awful lol omg love this "
@@ -41,7 +42,7 @@ def main() -> None:
     tokenizer = train_tokenizer(tweets[:5000], vocab_size=1000)
     model = build_model("tiny" if args.smoke else "base", tokenizer)
     if not args.smoke:  # t5-base's embedding size, so the output layer costs what it costs there
-        model.resize_token_embeddings(32128)
+        model = T5(T5Config(**{**vars(model.config), "vocab_size": 32128})).init_weights()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     loaded = LoadedModel(model, tokenizer, ModelMetadata(version="t5-base-shaped-random", created_at=""))
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "parameters_m": round(params, 1)}
@@ -87,8 +88,9 @@ def main() -> None:
             inputs = codec.pad([x for x, _ in batch])
             labels = codec.pad([y for _, y in batch], pad_value=-100).input_ids
             with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                loss = model(input_ids=inputs.input_ids.to(device), attention_mask=inputs.attention_mask.to(device),
-                             labels=labels.to(device)).loss
+                labels = labels.to(device)
+                logits = model(inputs.input_ids.to(device), inputs.attention_mask.to(device), model.shift_right(labels))
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from hf_t5 import transformers_t5
 
 from span_jobs.codec import Codec
 from span_jobs.data import read_labeled, split_train_validation
@@ -69,7 +70,7 @@ def main() -> None:
     _, tweets = split_train_validation(read_labeled(args.data).tweets)
     tweets = tweets[: args.n]
     loaded = load_model(args.model)
-    model, codec = loaded.model.eval(), Codec(loaded.tokenizer)
+    model, codec = transformers_t5(loaded.directory), Codec(loaded.tokenizer)
     inputs = [codec.span_input(codec.words(t.text), t.sentiment) for t in tweets]
     lengths = [max(1, len(loaded.tokenizer.sp.encode(t.selected_text))) + 1 for t in tweets]  # pieces + eos
     print(f"{len(tweets)} tweets of {args.data}'s validation split, sentiment given; model {loaded.version}; "

@@ -8,7 +8,7 @@
   (f) (d) as shipped: precision "auto" (bf16 on CPUs with native bf16)
   (g) (c) at precision "auto": greedy as shipped, what (f)'s decoding costs against
 
-(a)-(e) run fp32. Prints tweets/s, the ratios c/a, c/b, d/b, e/b, f/b, d/c and f/g, and each way's
+(a)-(e) run fp32; (a) and (b) on transformers' T5 (bench/hf_t5.py). Prints tweets/s, the ratios c/a, c/b, d/b, e/b, f/b, d/c and f/g, and each way's
 Jaccard (unconstrained outputs that do not name a valid word span fall back to the whole tweet,
 and are counted). (a) and (b) call plain
 `generate`, which knows nothing of the pointer term of our models (model.span_logits): their
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from hf_t5 import transformers_t5
 from torch.utils.flop_counter import FlopCounterMode
 
 from span_jobs.codec import Codec
@@ -111,7 +112,7 @@ def main() -> None:
     tweets = tweets[: args.n]
     # fp32 for the baselines and (c), (d): what a plain user of the checkpoint runs
     extractor = SpanExtractor(load_model(args.model), device="cpu", precision="float32")
-    codec, model = extractor.codec, extractor.model
+    codec, model = extractor.codec, transformers_t5(load_model(args.model).directory)  # (a), (b)
     texts, sentiments, truth = [t.text for t in tweets], [t.sentiment for t in tweets], [t.selected_text for t in tweets]
     words_list = [codec.words(t) for t in texts]
     print(f"{len(tweets)} tweets from {source}; model {extractor.version} "

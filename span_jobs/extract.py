@@ -8,7 +8,6 @@ from typing import Protocol
 
 import torch
 from tqdm import tqdm
-from transformers import LogitsProcessor
 
 from .codec import Codec, token_budget_batches
 from .data import SENTIMENTS
@@ -63,10 +62,10 @@ DECODINGS = ("expected-jaccard", "likeliest")
 REFERENCE_CANDIDATES = 48
 
 
-class WordSpanConstraint(LogitsProcessor):
+class WordSpanConstraint:
     """Allows only marker tokens that form a span of each row's own words: first, then last >= first.
 
-    Works on the whole batch with one mask (no Python callback per row and step) and fits
+    Works on the whole batch with one mask (no Python callback per row and step) and fits transformers'
     ``model.generate(logits_processor=...)`` (the benchmark's Hugging Face ways). SpanExtractor's own
     two-step decoder applies the same rule to the markers' logits alone.
     """
@@ -252,11 +251,7 @@ class SpanExtractor:
         for rows in tqdm(batches, desc="tagging sentiment", unit="batch", disable=not self.progress, leave=False):
             batch = self.codec.pad([inputs[i] for i in rows])
             start = torch.full((len(rows), 1), self.model.config.decoder_start_token_id, device=self.device)
-            logits = self.model(
-                input_ids=batch.input_ids.to(self.device),
-                attention_mask=batch.attention_mask.to(self.device),
-                decoder_input_ids=start,
-            ).logits[:, 0, :]  # (B, V)
+            logits = self.model(batch.input_ids.to(self.device), batch.attention_mask.to(self.device), start)[:, 0]
             out[torch.tensor(rows)] = logits.float()[:, self._label_ids].cpu()
         return out
 
@@ -300,11 +295,10 @@ class SpanExtractor:
         n_words = n_words.to(self.device)
         encoded = encode(self.model, input_ids, attention_mask)
         keys = pointer_keys(self.model, encoded, attention_mask, marker_mask, input_ids)
-        decoder = self.model.get_decoder()
+        decoder = self.model.decoder
         start = torch.full((rows, 1), self.model.config.decoder_start_token_id, device=self.device)
-        step = decoder(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=attention_mask,
-                       use_cache=True)
-        first_logits = marker_logits(self.model, step.last_hidden_state, keys, markers, self._marker_index)[:, -1]
+        hidden, cache = decoder.decode(start, encoded, attention_mask)
+        first_logits = marker_logits(self.model, hidden, keys, markers, self._marker_index)[:, -1]
         first_logp = first_logits.float().masked_fill(words[None, :] >= n_words[:, None], float("-inf"))
         first_logp = first_logp.log_softmax(-1)  # (B, W), -inf past the row's words
         k, top_last = min(self.span_candidates, most_words), min(self.last_candidates, most_words)
@@ -313,17 +307,12 @@ class SpanExtractor:
         def repeat(t: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B*k, ...)
             return t.repeat_interleave(k, dim=0)
 
-        cache = step.cache
         # each candidate continues its row's first step: k copies of the self-attention cache (one
-        # position). The encoder's cross-attention keys and values stay one per row: the attention
-        # (model.shared_keys_attention) lets a row's k candidates share them, and the encoder states only give
-        # the decoder the batch's shape here, so a zero-stride view stands in for k copies of them
-        cache.self_attention_cache.batch_repeat_interleave(k)
-        shape_only = encoded.new_zeros(1, 1, 1).expand(rows * k, *encoded.shape[1:])
-        step = decoder(input_ids=markers[top_first].reshape(-1, 1), encoder_hidden_states=shape_only,
-                       encoder_attention_mask=repeat(attention_mask), cache=cache, use_cache=True)
+        # position). The encoder's cross-attention keys and values stay one per row: the decoder's
+        # attention (t5.Attention) lets a row's k candidates share them
+        hidden, _ = decoder.decode(markers[top_first].reshape(-1, 1), None, attention_mask, cache.repeat_rows(k))
         # a row's k candidates side by side, (B, k, d): they share its pointer keys, no copies of them
-        hidden = step.last_hidden_state.view(rows, k, -1)
+        hidden = hidden.view(rows, k, -1)
         last_logits = marker_logits(self.model, hidden, keys, markers, self._marker_index).reshape(rows * k, -1).float()
         # a row with fewer words than k has impossible first candidates (-inf): any last word will do there
         low = top_first.masked_fill(top_logp == float("-inf"), 0).reshape(-1, 1)

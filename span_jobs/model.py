@@ -8,19 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from transformers import AttentionInterface, T5Config, T5ForConditionalGeneration
-from transformers.activations import ACT2FN
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.utils import logging as hf_logging
-
-hf_logging.disable_progress_bar()  # our own progress bars are enough; HF's "Loading weights" bar is noise
 
 from .errors import ModelError, TokenizerError
+from .t5 import T5, WEIGHTS_FILE, T5Config, from_pretrained, save_pretrained
 from .tokenizer import Tokenizer
 
 METADATA_FILE = "span_jobs.json"
-WEIGHTS_FILE = "model.safetensors"
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 
 # d_model, d_ff, heads, encoder layers, decoder layers. The decoder only emits two marker
@@ -59,7 +52,7 @@ class ModelMetadata:
 
 @dataclass
 class LoadedModel:
-    model: T5ForConditionalGeneration
+    model: T5
     tokenizer: Tokenizer
     metadata: ModelMetadata
     directory: Path | None = None
@@ -78,7 +71,7 @@ POINTERS = ("word", True, False, None)
 
 
 def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0, dropout: float = 0.1,
-                pointer: str | None = "word") -> T5ForConditionalGeneration:
+                pointer: str | None = "word") -> T5:
     """A randomly initialised T5 of a named size whose vocabulary fits the tokenizer."""
     if preset not in PRESETS:
         raise ModelError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -100,11 +93,11 @@ def build_model(preset: str, tokenizer: Tokenizer, seed: int = 0, dropout: float
     torch.manual_seed(seed)
     # With tied embeddings T5 scales the decoder output by d_model^-0.5: unit-scale logits at the
     # start, and a starting loss near ln(vocab).
-    return use_fast_kernels(T5ForConditionalGeneration(config))
+    return T5(config).init_weights()
 
 
-def encode(model: T5ForConditionalGeneration, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+def encode(model: T5, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return model.encoder(input_ids, attention_mask)
 
 
 # (states (B, K, d), the marker id each state belongs to (B, K), present (B, K)): see pointer_keys
@@ -130,7 +123,7 @@ def word_states(encoded: torch.Tensor, attention_mask: torch.Tensor, marker_mask
     return states, marker_ids, counts > 0
 
 
-def pointer_keys(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
+def pointer_keys(model: T5, encoded: torch.Tensor, attention_mask: torch.Tensor,
                  marker_mask: torch.Tensor, input_ids: torch.Tensor) -> PointerKeys | None:
     """What the pointer term of span_logits points at, by ``config.span_pointer``; None without one.
 
@@ -150,14 +143,13 @@ def pointer_keys(model: T5ForConditionalGeneration, encoded: torch.Tensor, atten
     return None
 
 
-def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attention_mask: torch.Tensor,
+def span_logits(model: T5, encoded: torch.Tensor, attention_mask: torch.Tensor,
                 decoder_input_ids: torch.Tensor, keys: PointerKeys | None) -> torch.Tensor:
     """Decoder logits (B, S, V); with pointer keys (pointer_keys) each marker's logit adds its pointer term.
 
     encoded: (B, T, d) encoder output; keys: (states (B, K, d), marker ids (B, K), present (B, K)).
     """
-    hidden = model.get_decoder()(input_ids=decoder_input_ids, encoder_hidden_states=encoded,
-                                 encoder_attention_mask=attention_mask).last_hidden_state  # (B, S, d)
+    hidden, _ = model.decoder.decode(decoder_input_ids, encoded, attention_mask)  # (B, S, d)
     scaled = hidden * model.config.d_model**-0.5
     logits = model.lm_head(scaled if model.config.scale_decoder_outputs else hidden)
     if keys is not None:
@@ -168,7 +160,7 @@ def span_logits(model: T5ForConditionalGeneration, encoded: torch.Tensor, attent
     return logits
 
 
-def marker_logits(model: T5ForConditionalGeneration, hidden: torch.Tensor, keys: PointerKeys | None,
+def marker_logits(model: T5, hidden: torch.Tensor, keys: PointerKeys | None,
                   marker_ids: torch.Tensor, marker_index: torch.Tensor) -> torch.Tensor:
     """span_logits' logits of the markers of words 0..W-1 alone: (B, S, W) from decoder states (B, S, d).
 
@@ -189,63 +181,6 @@ def marker_logits(model: T5ForConditionalGeneration, hidden: torch.Tensor, keys:
         index = word.clamp(0, marker_ids.shape[0] - 1)[:, None, :].expand(-1, hidden.shape[1], -1)
         logits = logits.scatter_add(-1, index, content.to(logits.dtype))
     return logits
-
-
-ATTENTION = "shared_keys_sdpa"  # the attention implementation every model here runs (shared_keys_attention)
-
-
-def shared_keys_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, position_bias: torch.Tensor | None = None,
-                          **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' sdpa attention, where g consecutive query rows may share one row of keys and values.
-
-    query (N, H, q, d); key, value (N / g, H, k, d). Decoding's second step (SpanExtractor) runs the k
-    first-word candidates of a tweet as k rows that all attend to the tweet's encoder states: with one
-    copy of those states per tweet instead of k, and the candidates as k query positions of one row,
-    that cross-attention ran 10x faster on 2 CPU cores (2.1 against 22 ms per layer for 1,200
-    candidates) and holds k times less memory. With g = 1 it is plain sdpa.
-
-    attention_mask: boolean, (N, 1, q, k) or broadcastable, True where attended (transformers'
-    sdpa_mask); position_bias: (N or 1, H, q, k), added to the scores.
-    """
-    rows, _, queries, _ = query.shape
-    groups = rows // key.shape[0]
-    if groups == 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias, **kwargs)
-    # (N, H, q, d) -> (N/g, H, g*q, d): a key row's g query rows side by side; they attend independently
-    query, attention_mask, position_bias = (
-        None if t is None else _side_by_side(t, groups, queries) for t in (query, attention_mask, position_bias))
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias,
-                                    **{**kwargs, "is_causal": False})
-    return out.unflatten(1, (groups, queries)).flatten(0, 1), None  # (N/g, g*q, H, d) -> (N, q, H, d)
-
-
-def _side_by_side(t: torch.Tensor, groups: int, queries: int) -> torch.Tensor:
-    """(N or 1, h, q or 1, k) -> (N/g or 1, h, g*q, k): g consecutive rows as one row of g*q query positions."""
-    t = t.expand(t.shape[0], t.shape[1], queries, t.shape[3])
-    if t.shape[0] == 1:
-        return t.repeat(1, 1, groups, 1)
-    return t.unflatten(0, (-1, groups)).transpose(1, 2).flatten(2, 3)
-
-
-AttentionInterface.register(ATTENTION, shared_keys_attention)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # sdpa's masks: boolean, True where attended
-
-
-def use_fast_kernels(model: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
-    """Run T5 on sdpa attention that lets decoding's candidates share keys (shared_keys_attention), and on
-    torch's fused tanh GELU.
-
-    T5's "gelu_new" writes the tanh GELU out in Python ops: the same function to float rounding as the
-    fused kernel, which it took 30% of CPU inference time against in a profile.
-    """
-    model.set_attn_implementation(ATTENTION)
-    if model.config.dense_act_fn == "gelu_new":
-        fused = ACT2FN["gelu_pytorch_tanh"]
-        for module in model.modules():
-            if hasattr(module, "act") and type(module.act).__name__ == "NewGELUActivation":
-                module.act = fused
-    return model
 
 
 class RandomBitsDropout(torch.nn.Module):
@@ -305,7 +240,7 @@ def check_writable_model_dir(directory: str | Path) -> None:
                          "refusing to replace it: choose a new or empty output directory")
 
 
-# files a model directory may hold besides what save_pretrained and the tokenizer write
+# files a model directory may hold besides what save_pretrained (t5.py) and the tokenizer write
 KEPT_BESIDE_MODEL = frozenset({"train_log.jsonl"})
 
 
@@ -322,15 +257,7 @@ def save_model(loaded: LoadedModel, directory: str | Path, weights_dtype: torch.
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    state = None
-    if weights_dtype is not None:
-        converted: dict[int, torch.Tensor] = {}  # tied weights (shared embeddings) must stay one tensor
-        state = {}
-        for name, tensor in loaded.model.state_dict().items():
-            if tensor.is_floating_point():
-                tensor = converted.setdefault(tensor.data_ptr(), tensor.detach().to(weights_dtype))
-            state[name] = tensor
-    loaded.model.save_pretrained(staging, safe_serialization=True, state_dict=state)
+    save_pretrained(loaded.model, staging, weights_dtype)
     loaded.tokenizer.save(staging)
     (staging / METADATA_FILE).write_text(json.dumps(loaded.metadata.__dict__, indent=2, default=str) + "\n")
     if directory.exists():
@@ -362,10 +289,8 @@ def load_model_dir(directory: str | Path, dtype: torch.dtype = torch.float32) ->
     except TokenizerError as exc:
         raise ModelError(str(exc)) from exc
     try:
-        model = T5ForConditionalGeneration.from_pretrained(
-            directory, use_safetensors=True, dtype=dtype, local_files_only=True, trust_remote_code=False
-        )
-    except Exception as exc:  # safetensors, transformers and torch each raise their own types here
+        model = from_pretrained(directory, dtype)
+    except Exception as exc:  # json, safetensors and torch each raise their own types here
         raise ModelError(f"{directory}: cannot load the T5 model: {type(exc).__name__}: {exc}") from exc
     if getattr(model.config, "span_pointer", None) not in POINTERS:
         raise ModelError(f"{directory}: unknown span_pointer {model.config.span_pointer!r} in config.json; "
@@ -376,7 +301,7 @@ def load_model_dir(directory: str | Path, dtype: torch.dtype = torch.float32) ->
             f"({tokenizer.vocab_size})"
         )
     model.eval()
-    return LoadedModel(use_fast_kernels(model), tokenizer, ModelMetadata.read(directory), directory)
+    return LoadedModel(model, tokenizer, ModelMetadata.read(directory), directory)
 
 
 def default_model_ships() -> bool:

@@ -418,6 +418,6 @@ def start_from_pretrained_embeddings(model, tokenizer, directory: Path | None = 
     """
     vectors, found = pretrained_piece_embeddings(tokenizer, model.config.d_model, directory)
     with torch.no_grad():
-        rows = model.get_input_embeddings().weight[: len(found)]
+        rows = model.shared.weight[: len(found)]
         rows[found] = vectors[found].to(rows.dtype)
     return int(found.sum())

@@ -464,7 +464,7 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
                 encoded = encode(model, input_ids, attention_mask)
                 marker_mask = marker_index[input_ids] >= 0
                 keys = pointer_keys(model, encoded, attention_mask, marker_mask, input_ids)
-                logits = span_logits(model, encoded, attention_mask, model._shift_right(labels), keys)
+                logits = span_logits(model, encoded, attention_mask, model.shift_right(labels), keys)
                 loss = gold_loss(logits, labels, batch)
                 if soft is not None:
                     distilled = distillation_loss(logits, batch, marker_ids, label_ids)

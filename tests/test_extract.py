@@ -172,10 +172,7 @@ def test_tagged_sentiment_probability_is_the_softmax_over_three_labels(trained_e
     words = codec.words("what a great day")
     batch = codec.pad([codec.sentiment_input(words)])
     with torch.no_grad():
-        logits = trained_extractor.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-            decoder_input_ids=torch.zeros((1, 1), dtype=torch.long),
-        ).logits[0, 0]
+        logits = trained_extractor.model(batch.input_ids, batch.attention_mask, torch.zeros((1, 1), dtype=torch.long))[0, 0]
     raw = logits[list(codec.tok.label_ids)]
     assert torch.allclose(trained_extractor.sentiment_logits([words])[0], raw, atol=1e-5)
     # calibrated: the model's own vector scaling of the three logits (calibration.fit_vector_scaling)
@@ -260,14 +257,15 @@ def test_word_span_constraint_expands_to_beams(tokenizer):
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_word_span_constraint_inside_hf_generate(trained_extractor, num_beams):
+def test_word_span_constraint_inside_hf_generate(trained_extractor, trained_model_dir, num_beams):
+    """The benchmarks' Hugging Face ways: transformers' T5 on our model directory, constrained."""
     codec = trained_extractor.codec
     texts = ["i love this day so much", "ugh", LONG]
     words = [codec.words(t) for t in texts]
     batch = codec.pad([codec.span_input(w, "positive") for w in words])
     n_words = torch.tensor([len(w) for w in words])
     constraint = WordSpanConstraint(codec.marker_index, n_words, codec.tok.eos_id)
-    out = trained_extractor.model.generate(
+    out = T5ForConditionalGeneration.from_pretrained(trained_model_dir, dtype=torch.float32).generate(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=3, num_beams=num_beams,
         do_sample=False, logits_processor=LogitsProcessorList([constraint]),
     )
@@ -424,11 +422,11 @@ def test_pointer_adds_the_encoder_state_of_each_word_and_nothing_else(tokenizer,
     mask = torch.ones_like(ids)
     start = torch.full((1, 1), model.config.decoder_start_token_id)
     with torch.inference_mode():
-        plain = model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[0, 0]
+        plain = model(ids, mask, start)[0, 0]
         encoded = encode(model, ids, mask)
         keys = pointer_keys(model, encoded, mask, codec.marker_index[ids] >= 0, ids)
         pointed = span_logits(model, encoded, mask, start, keys)[0, 0]
-        hidden = model.get_decoder()(input_ids=start, encoder_hidden_states=encoded).last_hidden_state[0, 0]
+        hidden = model.decoder.decode(start, encoded, None)[0][0, 0]
     markers = [tokenizer.marker_id(i) for i in range(len(words))]
     others = torch.ones_like(plain, dtype=torch.bool)
     others[markers] = False

@@ -30,13 +30,13 @@ def test_pieces_take_the_mean_of_their_wordpieces_projected_to_unit_scale(tokeni
 
 def test_start_from_pretrained_embeddings_overwrites_only_known_pieces(tokenizer, wordpiece_dir):
     model = build_model("tiny", tokenizer, seed=0)
-    before = model.get_input_embeddings().weight.detach().clone()
+    before = model.shared.weight.detach().clone()
     changed = start_from_pretrained_embeddings(model, tokenizer, wordpiece_dir)
-    after = model.get_input_embeddings().weight.detach()
+    after = model.shared.weight.detach()
     vectors, found = pretrained_piece_embeddings(tokenizer, model.config.d_model, wordpiece_dir)
     assert changed == int(found.sum()) > 0
     n = len(found)
     assert torch.allclose(after[:n][found], vectors[found])
     assert torch.equal(after[:n][~found], before[:n][~found])
     assert torch.equal(after[n:], before[n:])  # the word markers are untouched
-    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()  # still tied
+    assert model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr()  # still tied

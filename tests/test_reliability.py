@@ -68,7 +68,8 @@ def check_exactly_once(db: Path, ids: set[str], files: int) -> None:
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_model_dir, crash_trials):
     inbox, db = tmp_path / "inbox", tmp_path / "spans.duckdb"
     files = 24
-    ids = make_inbox(inbox, files=files, rows=150)
+    # ~30 s of work on 2 cores: ten runs killed 1.5-6 s in (start-up ~1.5 s of it) each leave work to the next
+    ids = make_inbox(inbox, files=files, rows=1200)
     rng = random.Random(1234)
     killed_mid_run = 0
     for _ in range(crash_trials):
