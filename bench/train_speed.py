@@ -30,6 +30,11 @@ import json, sys, time
 import torch
 torch.set_num_threads(2)
 import span_jobs
+try:  # what the `span-jobs` command does first, in code that has it
+    from span_jobs.runtime import keep_freed_memory
+    keep_freed_memory()
+except ImportError:
+    pass
 from span_jobs.data import read_labeled
 from span_jobs.train import TrainConfig, train
 data_path, out, rows, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from span_jobs import pipeline, settings
 from span_jobs.extract import make_extractor
 from span_jobs.inbox import InboxFile, discover, is_in_ledger
+from span_jobs.runtime import keep_freed_memory
 
 EXTRACT_FILE_DEPLOYMENT = "extract-file/extract-file"
 
@@ -28,6 +29,7 @@ EXTRACT_FILE_DEPLOYMENT = "extract-file/extract-file"
 def load_extractor(model: str, registry: str | None, device: str, token_budget: int | None, decoding: str,
                    ray_actors: int = 0, ray_gpus_per_actor: float = 0):
     """Load the model once: every file of this run gets the same model version (on Ray: every actor)."""
+    keep_freed_memory()  # each batch reuses the last one's pages, in this flow run's process
     if ray_actors:
         from span_jobs.ray_stage import RayExtractor
 

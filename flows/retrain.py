@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 
 from span_jobs import settings
 from span_jobs.retrain import retrain
+from span_jobs.runtime import keep_freed_memory
 from span_jobs.train import TrainConfig
 
 
@@ -45,6 +46,7 @@ def retrain_model(
     Hugging Face T5 directory.
     """
     logger = get_run_logger()
+    keep_freed_memory()  # each training step reuses the last one's pages, in this flow run's process
     sources = [str(settings.checked_path(data or settings.default_labeled(), "data"))]
     if new_data:
         sources.append(str(settings.checked_path(new_data, "new data")))
