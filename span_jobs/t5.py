@@ -3,7 +3,7 @@
 Model directories stay Hugging Face's format (config.json, model.safetensors): transformers loads ours,
 and this loads a plain local T5 directory. Why not transformers' class: importing it took 2.3-2.7 s of
 every `span-jobs predict` start on 2 cores (it pulls torch._dynamo, torch.distributed.tensor and scipy),
-a quarter of predicting 2,424 tweets. tests/test_t5.py checks this against transformers' T5, layer by layer.
+a quarter of predicting 2,424 tweets. tests/test_t5.py checks this against transformers' T5.
 
 What differs from transformers' class, by design: decoding's candidates share their tweet's encoder keys
 (Attention); the position bias and the padding mask are added once per stack, not per layer; the tanh
