@@ -108,3 +108,14 @@ def test_initialisation_follows_transformers_scales():
     assert ours.keys() == theirs.keys()
     for name, tensor in ours.items():
         assert tensor.std().item() == pytest.approx(theirs[name].std().item(), rel=0.25, abs=1e-6), name
+
+
+def test_sharded_weights_load(tmp_path):
+    """A checkpoint transformers saved in shards (model.safetensors.index.json and its files)."""
+    theirs, ours = twins()
+    theirs.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    input_ids, mask, decoder_ids = batch()
+    with torch.no_grad():
+        assert torch.allclose(from_pretrained(tmp_path / "sharded")(input_ids, mask, decoder_ids),
+                              ours(input_ids, mask, decoder_ids), atol=1e-5)
