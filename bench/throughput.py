@@ -8,7 +8,8 @@
   (f) (d) as shipped: precision "auto" (bf16 on CPUs with native bf16)
   (g) (c) at precision "auto": greedy as shipped, what (f)'s decoding costs against
 
-(a)-(e) run fp32; (a) and (b) on transformers' T5 (bench/hf_t5.py). Prints tweets/s, the ratios c/a, c/b, d/b, e/b, f/b, d/c and f/g, and each way's
+(a)-(e) run fp32; (a) and (b) on transformers' T5 (bench/hf_t5.py). Prints tweets/s, the ratios c/a,
+c/b, d/b, e/b, f/b, d/c and f/g, and each way's
 Jaccard (unconstrained outputs that do not name a valid word span fall back to the whole tweet,
 and are counted). (a) and (b) call plain
 `generate`, which knows nothing of the pointer term of our models (model.span_logits): their

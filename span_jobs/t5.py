@@ -193,7 +193,8 @@ class Block(nn.Module):
                                    + ([CrossAttentionLayer(config)] if decoder else []) + [FeedForwardLayer(config)])
 
 
-def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int) -> torch.Tensor:
+def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, buckets: int,
+                             max_distance: int) -> torch.Tensor:
     """T5's bucket of each relative position (key - query): exact near 0, logarithmic bins up to
     max_distance; a decoder (not bidirectional) sees only the past."""
     bucket = torch.zeros_like(relative)
@@ -242,7 +243,8 @@ class Stack(nn.Module):
 
     def position_bias(self, queries: int, keys: int, past: int, device: torch.device) -> torch.Tensor:
         """(1, heads, queries, keys): the first block's learned bias by relative position, used by every block."""
-        relative = torch.arange(keys, device=device)[None, :] - torch.arange(past, past + queries, device=device)[:, None]
+        key_positions = torch.arange(keys, device=device)[None, :]
+        relative = key_positions - torch.arange(past, past + queries, device=device)[:, None]
         bucket = relative_position_bucket(relative, not self.is_decoder, self.config.relative_attention_num_buckets,
                                           self.config.relative_attention_max_distance)
         return self.block[0].layer[0].SelfAttention.relative_attention_bias(bucket).permute(2, 0, 1)[None]

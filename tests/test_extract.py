@@ -172,7 +172,8 @@ def test_tagged_sentiment_probability_is_the_softmax_over_three_labels(trained_e
     words = codec.words("what a great day")
     batch = codec.pad([codec.sentiment_input(words)])
     with torch.no_grad():
-        logits = trained_extractor.model(batch.input_ids, batch.attention_mask, torch.zeros((1, 1), dtype=torch.long))[0, 0]
+        start = torch.zeros((1, 1), dtype=torch.long)
+        logits = trained_extractor.model(batch.input_ids, batch.attention_mask, start)[0, 0]
     raw = logits[list(codec.tok.label_ids)]
     assert torch.allclose(trained_extractor.sentiment_logits([words])[0], raw, atol=1e-5)
     # calibrated: the model's own vector scaling of the three logits (calibration.fit_vector_scaling)
