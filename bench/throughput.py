@@ -112,8 +112,9 @@ def main() -> None:
         tweets, source = synthetic_tweets(args.n, seed=11), "synthetic tweets"
     tweets = tweets[: args.n]
     # fp32 for the baselines and (c), (d): what a plain user of the checkpoint runs
-    extractor = SpanExtractor(load_model(args.model), device="cpu", precision="float32")
-    codec, model = extractor.codec, transformers_t5(load_model(args.model).directory)  # (a), (b)
+    loaded = load_model(args.model)
+    extractor = SpanExtractor(loaded, device="cpu", precision="float32")
+    codec, model = extractor.codec, transformers_t5(loaded.directory)  # (a), (b)
     texts, sentiments, truth = [t.text for t in tweets], [t.sentiment for t in tweets], [t.selected_text for t in tweets]
     words_list = [codec.words(t) for t in texts]
     print(f"{len(tweets)} tweets from {source}; model {extractor.version} "

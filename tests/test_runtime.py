@@ -17,4 +17,3 @@ def glibc() -> bool:
 @pytest.mark.skipif(not glibc(), reason="glibc's malloc only")
 def test_glibc_malloc_takes_the_settings():
     assert keep_freed_memory() is True  # mallopt refuses values out of its range: 0
-

@@ -9,11 +9,12 @@ import torch
 
 from span_jobs.codec import Codec
 from span_jobs.data import LabeledData, LabeledTweet, is_validation, read_labeled, split_validation_parts
-from span_jobs.model import METADATA_FILE, WEIGHTS_FILE, load_model_dir
+from span_jobs.model import (METADATA_FILE, WEIGHTS_FILE, build_model, encode, load_model_dir, pointer_keys,
+                             span_logits)
 from span_jobs.evaluate import score_predictions
 from span_jobs.extract import SpanExtractor
 from span_jobs.train import (MBR_TEMPERATURES, TRAIN_LOG, TrainConfig, TrainingError, choose_mbr_temperature,
-                             length_bucketed_batches, make_examples, train, validate)
+                             gold_loss, length_bucketed_batches, make_examples, train, training_split, validate)
 
 
 def test_training_writes_a_model_directory(trained):
@@ -117,9 +118,6 @@ def test_training_learns_something(trained, trained_data):
     """One epoch on 200 tweets: the trained weights fit the training spans better than the weights training
     started from (build_model with the config's seed). Not the epoch's mean loss against ln(vocab): over
     12 steps that mean moved 5.7-6.5 with the seed alone."""
-    from span_jobs.model import build_model, encode, pointer_keys, span_logits
-    from span_jobs.train import gold_loss, make_examples, training_split
-
     loaded = load_model_dir(trained.directory)
     codec = Codec(loaded.tokenizer)
     train_tweets, _ = training_split(trained_data.tweets, TrainConfig(preset="tiny"))
