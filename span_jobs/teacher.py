@@ -143,15 +143,28 @@ def _tweet_alone(encoder: nn.Module, tokenizer, words: list[Words],
 def _at_first_tokens(hidden: torch.Tensor, encoded, max_words: int, sequence: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, max_words, H) states at each word's first sub-token in the given sequence of a tokenizer output (0: the
     first text, 1: the second of a pair), and the (B, max_words) mask of words that have one (zero states elsewhere)."""
-    first_token = torch.zeros((hidden.shape[0], max_words), dtype=torch.long)
-    mask = torch.zeros((hidden.shape[0], max_words), dtype=torch.bool)
+    # Python lists, one tensor each at the end: an element-wise write to a tensor costs two torch calls per token
+    first_token = [[0] * max_words for _ in range(hidden.shape[0])]
+    found = [[False] * max_words for _ in range(hidden.shape[0])]
     for b in range(hidden.shape[0]):
         sequence_ids = encoded.sequence_ids(b)
         for t, word in enumerate(encoded.word_ids(b)):
-            if word is not None and sequence_ids[t] == sequence and not mask[b, word]:
-                first_token[b, word], mask[b, word] = t, True
-    gathered = hidden.gather(1, first_token.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
-    return gathered, mask.to(hidden.device)
+            if word is not None and sequence_ids[t] == sequence and not found[b][word]:
+                first_token[b][word], found[b][word] = t, True
+    index = torch.tensor(first_token, device=hidden.device)
+    gathered = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+    return gathered, torch.tensor(found, device=hidden.device)
+
+
+def token_counts(tokenizer, words: list[Words]) -> list[int]:
+    """Each tweet's length in the teacher's tokens, read alone (with its sentiment in front: two more each).
+
+    The teacher's batches are grouped by it: grouped by characters, a third of their tokens were padding
+    on the default recipe's tweets (30% in training, 36% in predictions), against 4-5% by tokens.
+    """
+    units = [[w.unit(i) for i in range(len(w))] or [""] for w in words]
+    encoded = tokenizer(units, is_split_into_words=True, truncation=True, max_length=256)
+    return [len(ids) for ids in encoded["input_ids"]]
 
 
 def _masked(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -176,7 +189,7 @@ def train_teacher(tweets: list[LabeledTweet], max_words: int, epochs: int = 1, l
         if located is not None:
             examples.append((words, t.sentiment, located))
     rng = random.Random(seed)
-    lengths = [len(w.text) for w, _, _ in examples]  # batches of similar lengths: less padding on 2 CPU cores
+    lengths = token_counts(teacher.tokenizer, [w for w, _, _ in examples])  # batches of similar lengths pad less
 
     def epoch_batches():
         return [[examples[i] for i in rows] for rows in length_bucketed_batches(lengths, batch_size, rng)]
@@ -205,7 +218,7 @@ def train_sentiment_teacher(tweets: list[LabeledTweet], max_words: int, epochs: 
     # every labeled tweet teaches sentiment, also those whose selection maps to no word
     examples = [(split_words(t.text, max_words), SENTIMENTS.index(t.sentiment)) for t in tweets]
     rng = random.Random(seed)
-    lengths = [len(t.text) for t in tweets]  # batches of similar lengths: less padding on 2 CPU cores
+    lengths = token_counts(teacher.tokenizer, [w for w, _ in examples])  # batches of similar lengths pad less
 
     def epoch_batches():
         return [[examples[i] for i in rows] for rows in length_bucketed_batches(lengths, batch_size, rng)]
@@ -248,16 +261,24 @@ def _autocast(module: nn.Module, bf16: bool):
     return torch.autocast(next(module.parameters()).device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def _by_length(teacher: SpanTeacher | SentimentTeacher, tweets: list[LabeledTweet],
+               batch_size: int) -> list[tuple[list[LabeledTweet], list[Words]]]:
+    """The tweets in batches of similar token counts, with their words: the fewest padded tokens to predict."""
+    words = [split_words(t.text, teacher.max_words) for t in tweets]
+    counts = token_counts(teacher.tokenizer, words)
+    order = sorted(range(len(tweets)), key=counts.__getitem__)
+    chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    return [([tweets[i] for i in rows], [words[i] for i in rows]) for rows in chunks]
+
+
 @torch.inference_mode()
 def soft_sentiments(teacher: SentimentTeacher, tweets: list[LabeledTweet], batch_size: int = 64,
                     bf16: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The classifier's P(label) in SENTIMENTS order, (3,), and its float16 state at each word, (n_words, H),
     for each tweet, by tweet id."""
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    tweets = sorted(tweets, key=lambda t: len(t.text))  # batches of similar lengths; the result is by id
-    for i in tqdm(range(0, len(tweets), batch_size), desc="sentiment teacher predictions", leave=False):
-        batch = tweets[i: i + batch_size]
-        words = [split_words(t.text, teacher.max_words) for t in batch]
+    for batch, words in tqdm(_by_length(teacher, tweets, batch_size), desc="sentiment teacher predictions",
+                             leave=False):
         with _autocast(teacher, bf16):
             logits, states, mask = teacher.sentiment_logits_and_states(words)
         probs = logits.float().softmax(-1).cpu()
@@ -277,10 +298,7 @@ def soft_spans(teacher: SpanTeacher, tweets: list[LabeledTweet], batch_size: int
                bf16: bool = False) -> dict[str, SoftSpan]:
     """The teacher's start and end distributions, word states and sentiment for each tweet, by tweet id."""
     out: dict[str, SoftSpan] = {}
-    tweets = sorted(tweets, key=lambda t: len(t.text))  # batches of similar lengths; the result is by id
-    for i in tqdm(range(0, len(tweets), batch_size), desc="teacher predictions", leave=False):
-        batch = tweets[i: i + batch_size]
-        words = [split_words(t.text, teacher.max_words) for t in batch]
+    for batch, words in tqdm(_by_length(teacher, tweets, batch_size), desc="teacher predictions", leave=False):
         with _autocast(teacher, bf16):
             states, mask = teacher.word_states(words, [t.sentiment for t in batch])
             logits = teacher.head(states).float()

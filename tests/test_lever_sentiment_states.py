@@ -8,7 +8,7 @@ import torch
 from span_jobs.codec import Codec
 from span_jobs.data import LabeledTweet
 from span_jobs.model import METADATA_FILE, word_states
-from span_jobs.teacher import SoftSpan, SpanTeacher, soft_spans
+from span_jobs.teacher import SoftSpan, SpanTeacher, _by_length, soft_spans, token_counts
 from span_jobs.train import make_examples, state_loss, word_starts
 from span_jobs.words import split_words
 
@@ -104,6 +104,24 @@ def test_the_teacher_gives_the_states_it_read_the_tweet_alone_with_whatever_its_
         assert torch.allclose(logits, teacher.sentiment_logits(words))
     assert torch.allclose(states[0, :3].half().float(), both["a"].sentiment_states.float(), atol=1e-2)
     assert both["a"].sentiment.tolist() == pytest.approx(logits[0].softmax(-1).tolist(), abs=1e-5)
+
+
+def test_the_teachers_batches_group_tweets_by_tokens_not_characters(wordpiece_dir):
+    teacher = SpanTeacher.pretrained(8, wordpiece_dir)
+    tweets = [LabeledTweet("long-word", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "a", "neutral"),
+              LabeledTweet("many-words", "i a b c d e f", "a", "neutral"),
+              LabeledTweet("short", "hi", "hi", "neutral"), LabeledTweet("none", "   ", "", "neutral")]
+    words = [split_words(t.text, 8) for t in tweets]
+    counts = token_counts(teacher.tokenizer, words)
+    for w, count in zip(words, counts):  # as the teacher reads the tweet alone, [CLS] and [SEP] included
+        units = [w.unit(i) for i in range(len(w))] or [""]
+        assert count == len(teacher.tokenizer([units], is_split_into_words=True)["input_ids"][0])
+    assert counts[0] < counts[1]  # more characters, fewer tokens
+    batches = _by_length(teacher, tweets, batch_size=3)
+    order = [t.tweet_id for batch, _ in batches for t in batch]
+    assert sorted(order) == sorted(t.tweet_id for t in tweets)
+    assert [counts[[t.tweet_id for t in tweets].index(i)] for i in order] == sorted(counts)
+    assert all(len(batch) == len(batch_words) for batch, batch_words in batches)
 
 
 def test_train_sentiment_states_from_the_command_line_is_recorded_and_changes_the_trained_model(
