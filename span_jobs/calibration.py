@@ -31,7 +31,7 @@ import torch
 
 from .data import SENTIMENTS, LabeledTweet, split_validation_parts
 from .errors import DataError
-from .extract import SpanExtractor, calibrated_sentiment, choose_span, choose_span_under_uncertainty
+from .extract import OutputMemo, SpanExtractor, calibrated_sentiment, choose_span, choose_span_under_uncertainty
 from .metric import jaccard
 from .model import METADATA_FILE, LoadedModel, load_model_dir
 
@@ -194,16 +194,19 @@ def calibration_figures(extractor: SpanExtractor, tweets: list[LabeledTweet]) ->
     }
 
 
-def calibrate(loaded: LoadedModel, validation: list[LabeledTweet], device: str = "auto") -> dict:
+def calibrate(loaded: LoadedModel, validation: list[LabeledTweet], device: str = "auto",
+              memo: OutputMemo | None = None) -> dict:
     """Fit the calibration on the choice part of ``validation`` and set it in the model's config;
-    returns the fit and the figures of both parts (the report part's are the ones to quote)."""
+    returns the fit and the figures of both parts (the report part's are the ones to quote).
+    ``memo``: the outputs these weights gave before (calibration changes none of them)."""
     choice, report = split_validation_parts(validation)
     if not choice or not report:
         raise DataError(f"calibration needs both parts of validation; got {len(choice)} and {len(report)} tweets")
-    config, fitted = fit_decision(SpanExtractor(loaded, device=device, precision="float32"), choice)
+    memo = memo if memo is not None else OutputMemo()
+    config, fitted = fit_decision(SpanExtractor(loaded, device=device, precision="float32", memo=memo), choice)
     for key, value in config.items():
         setattr(loaded.model.config, key, value)
-    calibrated = SpanExtractor(loaded, device=device, precision="float32")
+    calibrated = SpanExtractor(loaded, device=device, precision="float32", memo=memo)
     summary = {**config, "choice_part": fitted, "report_part": calibration_figures(calibrated, report)}
     log.info("calibration: sentiment ECE %.4f -> %.4f on the report part; confidence temperature %.2f",
              summary["report_part"]["sentiment_ece_before"], summary["report_part"]["sentiment_ece_after"],
@@ -221,7 +224,8 @@ def calibrate_model_dir(directory: str | Path, validation: list[LabeledTweet], d
 
     directory = Path(directory)
     loaded = load_model_dir(directory)
-    summary = calibrate(loaded, validation, device)
+    memo = OutputMemo()
+    summary = calibrate(loaded, validation, device, memo)
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
     config.update({k: summary[k] for k in CONFIG_KEYS})
@@ -230,7 +234,8 @@ def calibrate_model_dir(directory: str | Path, validation: list[LabeledTweet], d
     if metadata_path.exists():
         metadata = json.loads(metadata_path.read_text())
         metadata.setdefault("training", {})["calibration"] = summary
-        metadata["validation"] = {**metadata.get("validation", {}), **validation_figures(loaded, validation, device)}
+        metadata["validation"] = {**metadata.get("validation", {}),
+                                  **validation_figures(loaded, validation, device, memo=memo)}
         _replace_file(metadata_path, json.dumps(metadata, indent=2) + "\n")
     return summary
 

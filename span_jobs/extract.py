@@ -55,6 +55,38 @@ class SpanCandidates:
         return SpanCandidates(self.first[index], self.last[index], self.logp[index])
 
 
+class OutputMemo:
+    """A model's raw outputs on tweets it has read: sentiment logits by text, candidate spans by (text, label).
+
+    Scoring reads the same tweets more than once: end to end decodes both polarities where the given
+    label is one of them, and after training the temperature choice, calibration and the recorded
+    figures all read the validation tweets. Extractors that share a memo run the model once per tweet and
+    label. Valid for one model's unchanged weights only: the first extractor binds it, another refuses it.
+    """
+
+    def __init__(self):
+        self.owner: tuple | None = None  # (model, dtype, span_candidates, last_candidates) of the first user
+        self.logits: dict[str, torch.Tensor] = {}
+        self.candidates: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def bind(self, owner: tuple) -> None:
+        if self.owner is None:
+            self.owner = owner
+        elif len(owner) != len(self.owner) or any(a is not b and a != b for a, b in zip(owner, self.owner)):
+            raise ValueError("this OutputMemo holds another model's outputs (or other precision or candidates)")
+
+    @staticmethod
+    def fill(table: dict, keys: list, compute) -> None:
+        """Add ``compute(rows)`` (one value per row) for the first row of each key the table lacks."""
+        todo, seen = [], set()
+        for i, key in enumerate(keys):
+            if key not in table and key not in seen:
+                todo.append(i)
+                seen.add(key)
+        if todo:
+            table.update(zip((keys[i] for i in todo), compute(todo)))
+
+
 DECODINGS = ("expected-jaccard", "likeliest")
 # expected Jaccard averages over the 48 likeliest of the 144 candidates: on the choice half of the
 # validation split 48 lost nothing (given 0.6614, end to end 0.6080, as with all 144) where 8-32
@@ -143,6 +175,7 @@ class SpanExtractor:
         mbr_temperature: float | None = None,
         progress: bool = False,
         quantize_int8: bool = False,
+        memo: OutputMemo | None = None,
     ):
         self.device = pick_device(device)
         # int8 quantizes the fp32 weights; on the shipped model bf16 on CPU kept its Jaccard given
@@ -187,6 +220,9 @@ class SpanExtractor:
         self._marker_index = self.codec.marker_index.to(self.device)
         self._marker_ids = torch.tensor([loaded.tokenizer.marker_id(i) for i in range(self.codec.max_words)],
                                         device=self.device)
+        self.memo = memo  # for scoring one model several times (OutputMemo); None: every call runs the model
+        if memo is not None:
+            memo.bind((self.model, self.dtype, self.span_candidates, self.last_candidates))
 
     def extract(self, texts: Sequence[str], sentiments: Sequence[str | None] | None = None) -> list[SpanResult]:
         """One result per text. A given sentiment is used as it is; a missing one is tagged, and the span
@@ -242,9 +278,16 @@ class SpanExtractor:
                                       confidence))
         return results
 
-    @torch.inference_mode()
     def sentiment_logits(self, words: list[Words]) -> torch.Tensor:
         """The model's logits of the three labels at the first decoder step, uncalibrated: (N, 3) on CPU."""
+        if self.memo is None or not words:
+            return self._sentiment_logits(words)
+        keys = [w.text for w in words]
+        self.memo.fill(self.memo.logits, keys, lambda rows: self._sentiment_logits([words[i] for i in rows]))
+        return torch.stack([self.memo.logits[k] for k in keys])
+
+    @torch.inference_mode()
+    def _sentiment_logits(self, words: list[Words]) -> torch.Tensor:
         inputs = self.codec.sentiment_inputs(words)
         out = torch.zeros((len(inputs), len(SENTIMENTS)))
         batches = token_budget_batches([len(x) for x in inputs], self.token_budget, self.max_batch_size)
@@ -259,10 +302,22 @@ class SpanExtractor:
         """Calibrated P(negative, neutral, positive) of each tweet: (N, 3) on CPU (the model's vector scaling)."""
         return calibrated_sentiment(self.sentiment_logits(words), self.sentiment_logit_scale, self.sentiment_logit_bias)
 
-    @torch.inference_mode()
     def candidate_spans(self, words: list[Words], sentiments: list[str]) -> SpanCandidates:
         """The top first words x their top last words of each tweet under its sentiment, with
         log p(first) + log p(last | first): (N, k*L) on CPU. Every tweet must have a word."""
+        if self.memo is None or not words:
+            return self._candidate_spans(words, sentiments)
+        keys = [(w.text, s) for w, s in zip(words, sentiments)]
+
+        def rows_of(rows: list[int]):
+            found = self._candidate_spans([words[i] for i in rows], [sentiments[i] for i in rows])
+            return zip(found.first, found.last, found.logp)
+
+        self.memo.fill(self.memo.candidates, keys, rows_of)
+        return SpanCandidates(*(torch.stack(field) for field in zip(*(self.memo.candidates[k] for k in keys))))
+
+    @torch.inference_mode()
+    def _candidate_spans(self, words: list[Words], sentiments: list[str]) -> SpanCandidates:
         width = self.span_candidates * self.last_candidates
         first = torch.zeros((len(words), width), dtype=torch.long)
         last = torch.zeros((len(words), width), dtype=torch.long)

@@ -24,7 +24,7 @@ from pathlib import Path
 from .data import LabeledTweet, read_labeled
 from .errors import ModelError
 from .evaluate import evaluate_model
-from .extract import Extractor, FullTextExtractor, SpanExtractor
+from .extract import Extractor, FullTextExtractor, OutputMemo, SpanExtractor
 from .model import load_model_dir, new_version
 from .registry import PROMOTED, Registry, resolve_model_dir
 from .store import connect, ensure_schema
@@ -91,7 +91,8 @@ def decide(challenger: Scores, champion: Scores | None, baseline: Scores) -> tup
 def _champion_now(registry: Registry, device: str) -> SpanExtractor | None:
     """The model in service: the champion, or the shipped default while nothing has been promoted."""
     try:
-        return SpanExtractor(load_model_dir(registry.champion_dir()), device=device, precision="float32")
+        return SpanExtractor(load_model_dir(registry.champion_dir()), device=device, precision="float32",
+                             memo=OutputMemo())  # scored once, given and end to end: each tweet read once
     except ModelError:  # nothing promoted and no default shipped
         return None
 
@@ -127,7 +128,8 @@ def retrain(data: str | Path | Sequence[str | Path], config: TrainConfig, regist
     try:
         result = train(labeled, staging, config, command=f"retrain-model {outcome.data_path}")
         # the gate scores in fp32, as training measures: the same figures on every machine
-        challenger = score(SpanExtractor(load_model_dir(staging), device=device, precision="float32"), validation)
+        challenger = score(SpanExtractor(load_model_dir(staging), device=device, precision="float32",
+                                         memo=OutputMemo()), validation)
         outcome.challenger_version = result.version
         outcome.challenger_jaccard = challenger.jaccard
         outcome.challenger_end_to_end_jaccard = challenger.end_to_end_jaccard

@@ -20,7 +20,7 @@ from .calibration import calibrate
 from .data import SENTIMENTS, LabeledData, LabeledTweet, split_train_validation, split_validation_parts
 from .evaluate import evaluate_model
 from .errors import TrainingError
-from .extract import PRECISIONS, SpanExtractor, choose_span, pick_device, pick_dtype
+from .extract import PRECISIONS, OutputMemo, SpanExtractor, choose_span, pick_device, pick_dtype
 from .metric import mean_jaccard
 from .model import (LoadedModel, ModelMetadata, build_model, check_writable_model_dir, encode,
                     load_model_dir, new_version, pointer_keys, save_model, span_logits, use_random_bits_dropout,
@@ -275,9 +275,11 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Ran
 
 
 def validate(loaded: LoadedModel, tweets: list[LabeledTweet], device: str, predict_sentiment: bool,
-             mbr_temperature: float | None = None) -> dict:
-    """Validation figures of the model being trained; its fp32 weights stay as they are (autocast on GPU)."""
-    extractor = SpanExtractor(loaded, device=device, precision="float32", mbr_temperature=mbr_temperature)
+             mbr_temperature: float | None = None, memo: OutputMemo | None = None) -> dict:
+    """Validation figures of the model being trained; its fp32 weights stay as they are (autocast on GPU).
+    ``memo``: outputs these weights gave before (by default a fresh one: given and end to end share it)."""
+    extractor = SpanExtractor(loaded, device=device, precision="float32", mbr_temperature=mbr_temperature,
+                              memo=memo if memo is not None else OutputMemo())
     on_gpu = extractor.device.type == "cuda"
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
         figures = evaluate_model(extractor, tweets, predict_sentiment)
@@ -286,13 +288,16 @@ def validate(loaded: LoadedModel, tweets: list[LabeledTweet], device: str, predi
 
 
 def validation_figures(loaded: LoadedModel, val_tweets: list[LabeledTweet], device: str,
-                       predict_sentiment: bool = True) -> dict:
+                       predict_sentiment: bool = True, memo: OutputMemo | None = None) -> dict:
     """A model's figures as its metadata keeps them: the whole validation split, which the retrain gate
-    compares, and under "report_part" its report half, where nothing was chosen (the figures to quote)."""
-    figures = validate(loaded, val_tweets, device, predict_sentiment=predict_sentiment)
+    compares, and under "report_part" its report half, where nothing was chosen (the figures to quote).
+    The model reads each tweet once (``memo``: also what it read before, with these weights)."""
+    memo = memo if memo is not None else OutputMemo()
+    figures = validate(loaded, val_tweets, device, predict_sentiment=predict_sentiment, memo=memo)
     report_tweets = split_validation_parts(val_tweets)[1]
     if report_tweets:
-        figures["report_part"] = validate(loaded, report_tweets, device, predict_sentiment=predict_sentiment)
+        figures["report_part"] = validate(loaded, report_tweets, device, predict_sentiment=predict_sentiment,
+                                          memo=memo)
     return figures
 
 
@@ -300,7 +305,8 @@ def validation_figures(loaded: LoadedModel, val_tweets: list[LabeledTweet], devi
 MBR_TEMPERATURES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 
 
-def choose_mbr_temperature(loaded: LoadedModel, tweets: list[LabeledTweet], device: str) -> tuple[float, dict]:
+def choose_mbr_temperature(loaded: LoadedModel, tweets: list[LabeledTweet], device: str,
+                           memo: OutputMemo | None = None) -> tuple[float, dict]:
     """The expected-Jaccard temperature with the best Jaccard on these tweets (sentiment given), and each one's.
 
     The last-word probabilities are learned after the gold first word only; after a wrong first
@@ -309,7 +315,7 @@ def choose_mbr_temperature(loaded: LoadedModel, tweets: list[LabeledTweet], devi
     run picks its own. The model runs once: the temperature changes only which candidate is chosen,
     so every temperature scores as validate(..., mbr_temperature=t) would (a test checks).
     """
-    extractor = SpanExtractor(loaded, device=device, precision="float32")
+    extractor = SpanExtractor(loaded, device=device, precision="float32", memo=memo)
     words = [extractor.codec.words(t.text) for t in tweets]
     with_words = [i for i, w in enumerate(words) if len(w)]  # one without has the empty span at any temperature
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=extractor.device.type == "cuda"):  # as validate runs
@@ -514,18 +520,19 @@ def train(data: LabeledData, out_dir: str | Path, config: TrainConfig, command: 
 
     # ---- decoding and calibration of the kept checkpoint, fitted on the choice part ------------
     kept = load_model_dir(out_dir)
-    temperature, scores = choose_mbr_temperature(kept, choice_tweets, str(device))
+    memo = OutputMemo()  # these weights read each validation tweet once for everything below
+    temperature, scores = choose_mbr_temperature(kept, choice_tweets, str(device), memo)
     log.info("expected-Jaccard temperature %.1f (choice-part jaccard by temperature: %s)", temperature,
              ", ".join(f"{t}: {j:.4f}" for t, j in scores.items()))
     kept.model.config.span_mbr_temperature = temperature
     kept.metadata.training["mbr_temperatures"] = {str(t): j for t, j in scores.items()}
     if config.sentiment_task and choice_part and report_tweets:
-        kept.metadata.training["calibration"] = calibrate(kept, val_tweets, str(device))
+        kept.metadata.training["calibration"] = calibrate(kept, val_tweets, str(device), memo)
     else:
         log.warning("no calibration: it needs the sentiment task and tweets in both parts of validation")
     # scored again as saved (the chosen settings, weights rounded to save_dtype)
     kept.metadata.validation = {**kept.metadata.validation,
-                                **validation_figures(kept, val_tweets, str(device), config.sentiment_task)}
+                                **validation_figures(kept, val_tweets, str(device), config.sentiment_task, memo)}
     save_model(kept, out_dir, weights_dtype=getattr(torch, config.save_dtype))
     (out_dir / TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in history))  # save_model starts afresh
     return TrainResult(out_dir, metadata.version, kept.metadata.validation, history)

@@ -10,7 +10,8 @@ from transformers import LogitsProcessorList, T5Config, T5ForConditionalGenerati
 
 from span_jobs.codec import MAX_PIECES_PER_WORD, Codec, token_budget_batches
 from span_jobs.data import SENTIMENTS
-from span_jobs.extract import FullTextExtractor, SpanExtractor, WordSpanConstraint, annotate, expected_jaccard
+from span_jobs.extract import (FullTextExtractor, OutputMemo, SpanExtractor, WordSpanConstraint, annotate,
+                               expected_jaccard)
 from span_jobs.metric import mean_jaccard
 from span_jobs.model import build_model, encode, load_model_dir, pointer_keys, span_logits
 from span_jobs.words import split_words
@@ -578,3 +579,32 @@ def test_bf16_inference_gives_whole_word_spans_close_to_fp32(trained_model_dir, 
         for a, b in zip(fast, exact):
             if b.sentiment_prob is not None and a.sentiment == b.sentiment:
                 assert a.sentiment_prob == pytest.approx(b.sentiment_prob, abs=0.03)
+
+
+def test_a_memo_runs_the_model_once_per_tweet_and_label_and_changes_no_result(trained_model_dir, trained_extractor):
+    memo = OutputMemo()
+    remembering = SpanExtractor(load_model_dir(trained_model_dir), device="cpu", precision="float32", memo=memo)
+    rows_read = []
+    remembering.model.encoder.register_forward_hook(lambda module, args, out: rows_read.append(len(args[0])))
+    given = [SENTIMENTS[i % 3] for i in range(len(VARIED))]  # negative, neutral, positive, ...
+    for sentiments in (given, None, given, None):
+        for a, b in zip(remembering.extract(VARIED, sentiments), trained_extractor.extract(VARIED, sentiments),
+                        strict=True):
+            same_result(a, b)
+            assert a.span_confidence == pytest.approx(b.span_confidence, abs=1e-6)
+    # given: 6 rows; end to end: 6 tagged, and 12 polarity rows of which the 4 polar given ones were known
+    assert sum(rows_read) == 6 + 6 + 8
+    assert len(memo.logits) == 6 and len(memo.candidates) == 6 + 8
+
+
+def test_a_memo_refuses_another_model_or_precision(trained_model_dir):
+    loaded = load_model_dir(trained_model_dir)
+    memo = OutputMemo()
+    SpanExtractor(loaded, device="cpu", precision="float32", memo=memo)
+    SpanExtractor(loaded, device="cpu", precision="float32", memo=memo)  # the same weights: shared
+    with pytest.raises(ValueError, match="another model"):
+        SpanExtractor(load_model_dir(trained_model_dir), device="cpu", precision="float32", memo=memo)
+    with pytest.raises(ValueError, match="another model"):
+        SpanExtractor(loaded, device="cpu", precision="float32", span_candidates=4, memo=memo)
+    with pytest.raises(ValueError, match="another model"):
+        SpanExtractor(loaded, device="cpu", precision="bfloat16", memo=memo)

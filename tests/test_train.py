@@ -11,10 +11,11 @@ from span_jobs.codec import Codec
 from span_jobs.data import LabeledData, LabeledTweet, is_validation, read_labeled, split_validation_parts
 from span_jobs.model import (METADATA_FILE, WEIGHTS_FILE, build_model, encode, load_model_dir, pointer_keys,
                              span_logits)
-from span_jobs.evaluate import score_predictions
-from span_jobs.extract import SpanExtractor
+from span_jobs.evaluate import evaluate_model, score_predictions
+from span_jobs.extract import OutputMemo, SpanExtractor
 from span_jobs.train import (MBR_TEMPERATURES, TRAIN_LOG, TrainConfig, TrainingError, choose_mbr_temperature,
-                             gold_loss, length_bucketed_batches, make_examples, train, training_split, validate)
+                             gold_loss, length_bucketed_batches, make_examples, train, training_split, validate,
+                             validation_figures)
 
 
 def test_training_writes_a_model_directory(trained):
@@ -99,6 +100,30 @@ def test_choosing_the_temperature_from_one_run_of_the_model_scores_as_validation
     assert scores == {t: validate(loaded, tweets, "cpu", predict_sentiment=False, mbr_temperature=t)["jaccard"]
                       for t in MBR_TEMPERATURES}
     assert scores[chosen] == max(scores.values())
+
+
+def test_validation_figures_read_each_tweet_once_per_label_and_score_as_a_plain_extractor(trained, trained_data):
+    loaded = load_model_dir(trained.directory)
+    tweets = [t for t in trained_data.tweets if is_validation(t.tweet_id)]
+    report = split_validation_parts(tweets)[1]
+    memo = OutputMemo()
+    rows_read = []
+    loaded.model.encoder.register_forward_hook(lambda module, args, out: rows_read.append(len(args[0])))
+    figures = validation_figures(loaded, tweets, "cpu", memo=memo)
+    polar = sum(t.sentiment != "neutral" for t in tweets)
+    # sentiment given, then end to end: each tweet tagged once and decoded under both polarities, the given
+    # polar labels among them; the report half again: nothing new
+    assert sum(rows_read) == len(tweets) + len(tweets) + (2 * len(tweets) - polar)
+    plain = SpanExtractor(load_model_dir(trained.directory), device="cpu", precision="float32")
+    for part, expected in ((figures, evaluate_model(plain, tweets, predict_sentiment=True)),
+                           (figures["report_part"], evaluate_model(plain, report, predict_sentiment=True))):
+        assert part["jaccard"] == pytest.approx(expected["jaccard"], abs=1e-9)
+        assert part["predicted_sentiment"]["jaccard"] == pytest.approx(expected["predicted_sentiment"]["jaccard"],
+                                                                       abs=1e-9)
+        assert part["sentiment_accuracy"] == expected["sentiment_accuracy"]
+    before = sum(rows_read)
+    choose_mbr_temperature(loaded, tweets, "cpu", memo)  # what training chooses next reads nothing again
+    assert sum(rows_read) == before
 
 
 def test_recorded_validation_is_what_the_saved_bf16_weights_score(tmp_path, trained_data):
