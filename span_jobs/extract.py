@@ -62,12 +62,14 @@ class OutputMemo:
     label is one of them, and after training the temperature choice, calibration and the recorded
     figures all read the validation tweets. Extractors that share a memo run the model once per tweet and
     label. Valid for one model's unchanged weights only: the first extractor binds it, another refuses it.
+    Outputs computed under autocast (GPU validation) are kept apart from those computed without.
     """
 
     def __init__(self):
         self.owner: tuple | None = None  # (model, dtype, span_candidates, last_candidates) of the first user
-        self.logits: dict[str, torch.Tensor] = {}
-        self.candidates: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.logits: dict[tuple[str, bool], torch.Tensor] = {}  # by (text, autocast)
+        # by (text, label, autocast): (first, last, logp) rows of SpanCandidates
+        self.candidates: dict[tuple[str, str, bool], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def bind(self, owner: tuple) -> None:
         if self.owner is None:
@@ -282,7 +284,8 @@ class SpanExtractor:
         """The model's logits of the three labels at the first decoder step, uncalibrated: (N, 3) on CPU."""
         if self.memo is None or not words:
             return self._sentiment_logits(words)
-        keys = [w.text for w in words]
+        autocast = torch.is_autocast_enabled(self.device.type)
+        keys = [(w.text, autocast) for w in words]
         self.memo.fill(self.memo.logits, keys, lambda rows: self._sentiment_logits([words[i] for i in rows]))
         return torch.stack([self.memo.logits[k] for k in keys])
 
@@ -307,7 +310,8 @@ class SpanExtractor:
         log p(first) + log p(last | first): (N, k*L) on CPU. Every tweet must have a word."""
         if self.memo is None or not words:
             return self._candidate_spans(words, sentiments)
-        keys = [(w.text, s) for w, s in zip(words, sentiments)]
+        autocast = torch.is_autocast_enabled(self.device.type)
+        keys = [(w.text, s, autocast) for w, s in zip(words, sentiments)]
 
         def rows_of(rows: list[int]):
             found = self._candidate_spans([words[i] for i in rows], [sentiments[i] for i in rows])

@@ -595,6 +595,9 @@ def test_a_memo_runs_the_model_once_per_tweet_and_label_and_changes_no_result(tr
     # given: 6 rows; end to end: 6 tagged, and 12 polarity rows of which the 4 polar given ones were known
     assert sum(rows_read) == 6 + 6 + 8
     assert len(memo.logits) == 6 and len(memo.candidates) == 6 + 8
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # other arithmetic: outputs of their own (GPU validation)
+        remembering.extract(VARIED, given)
+    assert sum(rows_read) == 6 + 6 + 8 + 6
 
 
 def test_a_memo_refuses_another_model_or_precision(trained_model_dir):
