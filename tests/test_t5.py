@@ -5,7 +5,10 @@ import torch
 from transformers import T5Config as HFConfig
 from transformers import T5ForConditionalGeneration
 
-from span_jobs.t5 import T5, DecoderCache, T5Config, from_pretrained, relative_position_bucket, save_pretrained
+from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+from span_jobs.t5 import (T5, DecoderCache, LayerNorm, T5Config, from_pretrained, relative_position_bucket,
+                          save_pretrained)
 
 SIZES = dict(vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=3, num_decoder_layers=2,
              relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0)
@@ -59,6 +62,35 @@ def test_cached_steps_and_shared_encoder_keys_match_the_whole_sequence():
     assert longer.cross_attention[0].keys.shape[0] == 2  # one copy of the encoder keys per row, not k
     assert torch.allclose(first[:, 0], whole[::k, 0], atol=1e-5)
     assert torch.allclose(second[:, 0], whole[:, 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("weights, inputs, autocast", [(torch.float32, torch.float32, False),
+                                                     (torch.bfloat16, torch.bfloat16, False),
+                                                     (torch.float32, torch.bfloat16, True),
+                                                     (torch.float32, torch.float32, True)])
+def test_layer_norm_is_transformers_bit_for_bit(weights, inputs, autocast):
+    """One fused kernel instead of T5's element-wise passes, the same numbers: inference in fp32 and bf16,
+    training under autocast (fp32 weights; the residual stream fp32 or half), forward and backward."""
+    generator = torch.Generator().manual_seed(0)
+    weight = 1 + 0.3 * torch.randn(256, generator=generator)
+    x = (3 * torch.randn(64, 20, 256, generator=generator)).to(inputs)
+    ours, theirs = LayerNorm(256, 1e-6), T5LayerNorm(256, 1e-6)
+    for norm in (ours, theirs):
+        norm.weight.data = weight.clone()
+        norm.to(weights)
+    outputs = []
+    for norm in (ours, theirs):
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = norm(leaf)
+        out.float().square().sum().backward()
+        outputs.append((out, leaf.grad, norm.weight.grad))
+    (out, grad, weight_grad), (expected, expected_grad, expected_weight_grad) = outputs
+    assert out.dtype == expected.dtype and torch.equal(out, expected)
+    # backward: its own kernel, the same gradients to rounding (in bf16, to the last of its 8 bits)
+    tolerance = dict(rtol=1e-5, atol=1e-4) if inputs == weights == torch.float32 else dict(rtol=2 ** -7, atol=2 ** -5)
+    torch.testing.assert_close(grad.float(), expected_grad.float(), **tolerance)
+    torch.testing.assert_close(weight_grad.float(), expected_weight_grad.float(), rtol=2 ** -7, atol=1e-2)
 
 
 def test_relative_position_buckets_match_transformers():
