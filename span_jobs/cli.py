@@ -157,8 +157,8 @@ def cli(verbose: bool) -> None:
                    "the gold span dropped; with --distill the teacher labels each copy.")
 @click.option("--teacher-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --distill: keep the teachers' outputs in this directory and read them back in later runs "
-                   "with the same data and teacher settings (saves 12.5 min of the default recipe on 2 cores, 33 in "
-                   "fp32; for trials, not to reproduce a model).")
+                   "with the same data and teacher settings (saves 8 min of the default recipe on 2 cores with bf16; "
+                   "for trials, not to reproduce a model).")
 @click.option("--repair-labels", is_flag=True,
               help="Train on the spans the annotators meant: gold spans that the extra-spaces shift cut are moved "
                    "back onto whole words (calibration then decides whether predictions are shifted back).")

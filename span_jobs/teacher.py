@@ -323,9 +323,9 @@ def teacher_outputs(train_tweets: list[LabeledTweet], labelled: list[LabeledTwee
     A teacher trains the same in every run with the same inputs (same seed, same data), so with a
     cache directory its outputs are kept there under a key over everything that shapes them (the
     tweets in order, the settings, the pretrained weights, this module's code, the library
-    versions); a later run with the same key reads them instead of spending ~33 minutes on 2
-    cores in fp32 (12.5 with ``bf16``, which trains and predicts under bf16 autocast). For trials
-    of the student's settings; leave it off for a run that is to reproduce a model from scratch.
+    versions); a later run with the same key reads them instead of spending ~8 minutes on 2 cores
+    with ``bf16`` (which trains and predicts under bf16 autocast; fp32 takes over twice as long). For
+    trials of the student's settings; leave it off for a run that is to reproduce a model from scratch.
     """
     path = None
     if cache_dir is not None:
