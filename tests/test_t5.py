@@ -4,7 +4,6 @@ import pytest
 import torch
 from transformers import T5Config as HFConfig
 from transformers import T5ForConditionalGeneration
-
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from span_jobs.t5 import (T5, DecoderCache, LayerNorm, T5Config, from_pretrained, relative_position_bucket,
