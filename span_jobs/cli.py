@@ -219,12 +219,13 @@ def evaluate(model_spec, registry, data_path, split, limit, predict_sentiment, a
     """
     from .data import read_labeled, select_split
     from .evaluate import evaluate_model
-    from .extract import make_extractor
+    from .extract import OutputMemo, make_extractor
 
     tweets = select_split(read_labeled(data_path).tweets, split)
     tweets = tweets[:limit] if limit else tweets
+    # a memo: with --predict-sentiment the given labels of polar tweets are decoded once, not twice
     extractor = make_extractor(model_spec, registry, device=device, token_budget=token_budget, progress=True,
-                               decoding=decoding, precision=precision)
+                               decoding=decoding, precision=precision, memo=OutputMemo())
     figures = {"split": split, **evaluate_model(extractor, tweets, predict_sentiment=predict_sentiment)}
     if as_json:
         click.echo(json.dumps(figures))

@@ -547,8 +547,10 @@ DECODING_CHOICES = {
 
 
 def make_extractor(model: str, registry=None, device: str = "auto", token_budget: int | None = None,
-                   progress: bool = False, decoding: str = "expected-jaccard", precision: str = "auto") -> Extractor:
-    """The extractor behind a model name: 'full-text-baseline', 'default', 'promoted' or a directory."""
+                   progress: bool = False, decoding: str = "expected-jaccard", precision: str = "auto",
+                   memo: OutputMemo | None = None) -> Extractor:
+    """The extractor behind a model name: 'full-text-baseline', 'default', 'promoted' or a directory.
+    ``memo``: for scoring a fixed set of tweets more than once (OutputMemo); never for a stream."""
     from .registry import FULL_TEXT_BASELINE, load_model
 
     if decoding not in DECODING_CHOICES:
@@ -557,4 +559,4 @@ def make_extractor(model: str, registry=None, device: str = "auto", token_budget
         return FullTextExtractor()
 
     return SpanExtractor(load_model(model, registry), device=device, token_budget=token_budget, progress=progress,
-                         precision=precision, **DECODING_CHOICES[decoding])
+                         precision=precision, memo=memo, **DECODING_CHOICES[decoding])

@@ -202,6 +202,19 @@ def test_evaluate_json_with_predicted_sentiment(cli_trained, labeled_csv):
     assert figures["n"] == 30
     assert 0.0 <= figures["sentiment_accuracy"] <= 1.0
     assert 0.0 <= figures["predicted_sentiment"]["jaccard"] <= 1.0
+    # fp32: the command's figures (each tweet and label read once) are those of separate passes
+    from span_jobs.data import read_labeled
+    from span_jobs.evaluate import evaluate_model
+    from span_jobs.extract import SpanExtractor
+    from span_jobs.model import load_model_dir
+
+    result = invoke("evaluate", "--model", out, "--data", labeled_csv, "--json", "--predict-sentiment",
+                    "--limit", 30, "--device", "cpu", "--precision", "float32")
+    plain = evaluate_model(SpanExtractor(load_model_dir(out), device="cpu", precision="float32"),
+                           read_labeled(labeled_csv).tweets[:30], predict_sentiment=True)
+    figures = one_json_object(result.stdout)
+    assert figures["predicted_sentiment"]["per_sentiment"] == plain["predicted_sentiment"]["per_sentiment"]
+    assert (figures["jaccard"], figures["sentiment_accuracy"]) == (plain["jaccard"], plain["sentiment_accuracy"])
 
 
 @pytest.mark.parametrize("decoding, settings", [
