@@ -74,7 +74,7 @@ class OutputMemo:
     def bind(self, owner: tuple) -> None:
         if self.owner is None:
             self.owner = owner
-        elif len(owner) != len(self.owner) or any(a is not b and a != b for a, b in zip(owner, self.owner)):
+        elif owner[0] is not self.owner[0] or owner[1:] != self.owner[1:]:  # the model itself, then by value
             raise ValueError("this OutputMemo holds another model's outputs (or other precision or candidates)")
 
     @staticmethod

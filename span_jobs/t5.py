@@ -79,10 +79,7 @@ class LayerNorm(nn.Module):
         # (1.7x on bf16 (4096, 256)). Under autocast (fp32 weight, half input) the formula's output is fp32.
         if self.weight.dtype == torch.float32:
             x = x.float()
-        normed = F.rms_norm(x, x.shape[-1:], eps=self.variance_epsilon)
-        if self.weight.dtype in (torch.float16, torch.bfloat16):
-            normed = normed.to(self.weight.dtype)
-        return self.weight * normed
+        return self.weight * F.rms_norm(x, x.shape[-1:], eps=self.variance_epsilon).to(self.weight.dtype)
 
 
 class DenseReluDense(nn.Module):
