@@ -106,7 +106,7 @@ def main() -> None:
     result = {"model_version": loaded.version, "split": args.split, "figures": figures, "baseline": baseline,
               "lexicon_rule": rule, "threshold_rule": floor, "calibration": calibration, "teacher": teacher}
     if args.unlabeled.exists():
-        raw = read_raw(args.unlabeled)
+        raw = read_raw(args.unlabeled).to_pandas()
         rows = raw[raw["text"].str.strip() != ""]
         unlabeled = [LabeledTweet(str(i), t, t, s) for i, t, s in zip(rows.index, rows["text"], rows["sentiment"])]
         started_tag = time.perf_counter()

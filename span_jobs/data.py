@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import DataError
@@ -62,23 +63,25 @@ def data_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A CSV or Parquet file as a DataFrame of strings; empty CSV cells stay empty strings, not NaN."""
+def read_table(path: str | Path) -> pa.Table:
+    """A CSV or Parquet file as an Arrow table: CSV cells all strings (empty ones empty, not missing),
+    Parquet columns with their own types (not through pandas, which turns integers with a null into floats)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     try:
         if path.suffix.lower() == ".parquet":
-            return pq.read_table(path).to_pandas()
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+            return pq.ParquetFile(path).read()
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        return pa.Table.from_pandas(frame, preserve_index=False)
     except Exception as exc:  # pandas/pyarrow raise many types; all mean "unreadable"
         raise DataError(f"{path}: cannot read as {path.suffix.lstrip('.') or 'CSV'}: {exc}") from exc
 
 
-def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
-    missing = [c for c in columns if c not in frame.columns]
+def _require_columns(table: pa.Table, columns: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, table.column_names))}")
 
 
 def check_labeled_row(tweet_id: object, text: object, selected: object, sentiment: object) -> str | None:
@@ -109,11 +112,11 @@ def read_labeled(path: str | Path | Sequence[str | Path]) -> LabeledData:
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     files = {f.resolve(): f for p in paths for f in data_files(p)}  # insertion order: as given
     for file in files.values():
-        frame = read_table(file)
-        _require_columns(frame, LABELED_COLUMNS, file)
-        columns = [frame[c].tolist() for c in LABELED_COLUMNS]
+        table = read_table(file)
+        _require_columns(table, LABELED_COLUMNS, file)
+        columns = [table.column(c).to_pylist() for c in LABELED_COLUMNS]
         for row_number, (tid, text, selected, sentiment) in enumerate(zip(*columns), start=1):
-            tid = str(tid) if isinstance(tid, (int, float)) and not pd.isna(tid) else tid
+            tid = str(tid) if isinstance(tid, (int, float)) and tid == tid else tid  # not NaN
             if isinstance(sentiment, str):
                 sentiment = sentiment.strip().lower()
             reason = check_labeled_row(tid, text, selected, sentiment)
@@ -178,17 +181,17 @@ def select_split(tweets: list[LabeledTweet], split: str, percent: int = 10) -> l
     return parts[split]
 
 
-def read_raw(path: str | Path, id_column: str = "id") -> pd.DataFrame:
+def read_raw(path: str | Path, id_column: str = "id") -> pa.Table:
     """Raw tweets (an id and ``text``; ``sentiment`` optional) for prediction, columns as in the file.
 
     ``textID`` is accepted for the id, as in the Kaggle files.
     """
     path = Path(path)
-    frame = read_table(path)
-    if id_column not in frame.columns and "textID" in frame.columns:
+    table = read_table(path)
+    if id_column not in table.column_names and "textID" in table.column_names:
         id_column = "textID"
-    _require_columns(frame, (id_column, "text"), path)
-    return frame
+    _require_columns(table, (id_column, "text"), path)
+    return table
 
 
 def normalize_sentiment(value: object) -> str | None:

@@ -368,6 +368,33 @@ def test_predict_keeps_a_textid_column(cli_trained, tmp_path, save_csv):
     assert pq.read_table(target).to_pandas()["textID"].tolist() == ["k1"]
 
 
+
+def test_predict_keeps_the_inputs_other_columns_as_they_are(cli_trained, tmp_path):
+    """Types pandas would change (an integer column with a null, a zoned timestamp) come out as they went in;
+    a column named like a prediction (an earlier run's span) is replaced, not doubled."""
+    out, printed = cli_trained
+    source = tmp_path / "raw.parquet"
+    created = pa.array([1_700_000_000_000_000, None], type=pa.timestamp("us", tz="Europe/Paris"))
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["so sad today", "best weekend ever"],
+                             "retweets": pa.array([3, None], type=pa.int64()), "created_at": created,
+                             "span": ["stale", "stale"]}), source)
+    target = tmp_path / "spans.parquet"
+    result = invoke("predict", "--model", out, "--input", source, "--output", target, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(target)
+    assert table.column_names[:4] == ["id", "text", "retweets", "created_at"]
+    assert table.schema.field("retweets").type == pa.int64()
+    assert table.column("retweets").to_pylist() == [3, None]
+    assert table.schema.field("created_at").type == pa.timestamp("us", tz="Europe/Paris")
+    assert table.column("created_at").equals(pa.chunked_array([created]))
+    assert table.column_names.count("span") == 1
+    spans, texts = table.column("span").to_pylist(), table.column("text").to_pylist()
+    assert all(span in text for span, text in zip(spans, texts)) and "stale" not in spans
+    assert table.schema.field("span_start").type == pa.int64()
+    assert table.schema.field("sentiment_prob").type == pa.float64()
+    assert table.column("model_version").to_pylist() == [printed["version"]] * 2
+
+
 # ---- errors: one line, exit status 1 -----------------------------------------------------------
 def test_missing_data_file(tmp_path):
     result = invoke("evaluate", "--model", tmp_path, "--data", tmp_path / "nope.csv", "--device", "cpu")

@@ -237,10 +237,10 @@ def test_normalize_sentiment_refuses_unknown_labels(value):
 
 def test_read_raw_accepts_textid_and_keeps_other_columns(tmp_path, save_csv):
     rows = [{"textID": "x1", "text": "hi there", "lang": "en"}, {"textID": "x2", "text": "NA", "lang": ""}]
-    frame = read_raw(save_csv(rows, tmp_path / "raw.csv"))
-    assert list(frame.columns) == ["textID", "text", "lang"]  # columns stay as in the file
-    assert frame["text"].tolist() == ["hi there", "NA"]
-    assert frame["lang"].tolist() == ["en", ""]
+    table = read_raw(save_csv(rows, tmp_path / "raw.csv"))
+    assert table.column_names == ["textID", "text", "lang"]  # columns stay as in the file
+    assert table.column("text").to_pylist() == ["hi there", "NA"]
+    assert table.column("lang").to_pylist() == ["en", ""]
 
 
 def test_read_raw_requires_text(tmp_path, save_csv):

@@ -89,7 +89,7 @@ def test_default_model_tags_the_sentiment_of_unlabeled_tweets_with_at_least_76_p
                                                                                                two_threads, tmp_path):
     """`span-jobs predict` on the unlabeled file with its sentiment column taken out, as raw tweets arrive:
     the tagged sentiment against the one the file carries (issue #12's floor)."""
-    rows = read_raw(real_unlabeled)
+    rows = read_raw(real_unlabeled).to_pandas()
     rows = rows[rows["text"].str.strip() != ""]
     raw_tweets, predicted = tmp_path / "raw.parquet", tmp_path / "predicted.parquet"
     rows.drop(columns="sentiment").to_parquet(raw_tweets, index=False)
