@@ -3,15 +3,17 @@
   (a) the seed's way on the same model: one `generate` per tweet, producing as many tokens as the
       gold span's text has pieces (the seed's T5 generated the span text)
   (b) Hugging Face batched `generate`, batches of 64 in input order, the same output lengths
-  (c) `span-jobs predict` in a fresh process: start, model load, read, extract, write; and the same
-      command on one tweet, the share of (c) that is not the model's work
+  (c) `span-jobs predict` in a fresh process: start, model load, read, extract, write; the median of
+      --repeat such runs (each printed). One run of (c) lasts ~8 s and swung 7.4-9.6 s with the same
+      code on a shared 2-core machine, where (a) lasts minutes and averages such swings itself.
+      And the same command on one tweet, the share of (c) that is not the model's work
 
 The same labeled tweets (the validation split, sentiment given) for every way. Prints tweets/s,
 the ratios c/a and c/b, and the Jaccard of (c) against the gold spans. With --against MODEL, also (c)
 for that model, the two alternating three times each (median), to compare a candidate default model's
 speed with today's in one run.
 
-    python bench/predict_speed.py [--model default] [--n 3000] [--against runs/candidate]
+    python bench/predict_speed.py [--model default] [--n 3000] [--repeat 3] [--against runs/candidate]
 """
 
 import argparse
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of (c), each a fresh process; their median is (c)")
     parser.add_argument("--against", help="another model whose `span-jobs predict` to time beside --model's")
     args = parser.parse_args()
 
@@ -81,7 +84,8 @@ def main() -> None:
         source = Path(tmp) / "tweets.parquet"
         pd.DataFrame({"id": [t.tweet_id for t in tweets], "text": [t.text for t in tweets],
                       "sentiment": [t.sentiment for t in tweets]}).to_parquet(source)
-        seconds["c"] = predict(args.model, source, Path(tmp) / "spans.parquet")
+        runs = [predict(args.model, source, Path(tmp) / "spans.parquet") for _ in range(args.repeat)]
+        seconds["c"] = statistics.median(runs)
         # what the process costs before and after the model's work: the same command on one tweet
         one = Path(tmp) / "one.parquet"
         pd.read_parquet(source).head(1).to_parquet(one)
@@ -89,8 +93,8 @@ def main() -> None:
         spans = pd.read_parquet(Path(tmp) / "spans.parquet")["span"].tolist()
         jaccard = {"c": mean_jaccard(spans, [t.selected_text for t in tweets])}
         if args.against:
-            # three warm timings each, alternating; the cold first run above is (c) alone, so neither
-            # median holds a run the other side did not have
+            # three timings each, alternating; the runs above are (c)'s alone, so neither median holds
+            # a run the other side did not have
             times = {args.model: [], args.against: []}
             for _ in range(3):
                 times[args.against].append(predict(args.against, source, Path(tmp) / "against.parquet"))
@@ -111,6 +115,8 @@ def main() -> None:
     for key in "abc":
         extra = f"  jaccard {jaccard[key]:.4f}" if key in jaccard else ""
         print(f"({key}) {names[key]:<36} {len(tweets) / seconds[key]:8.1f} tweets/s{extra}")
+    print(f"(c) runs: {', '.join(f'{t:.2f}' for t in runs)} s, median {seconds['c']:.2f} s; "
+          f"one run's c/a {seconds['a'] / max(runs):.1f}x to {seconds['a'] / min(runs):.1f}x")
     print(f"c/a = {seconds['a'] / seconds['c']:.1f}x   c/b = {seconds['b'] / seconds['c']:.1f}x")
     print(f"(c) on one tweet: {fixed:.1f} s (start, imports, model load, read, write) = "
           f"{fixed / seconds['c']:.0%} of (c)'s {seconds['c']:.1f} s")
