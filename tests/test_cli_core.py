@@ -368,7 +368,6 @@ def test_predict_keeps_a_textid_column(cli_trained, tmp_path, save_csv):
     assert pq.read_table(target).to_pandas()["textID"].tolist() == ["k1"]
 
 
-
 def test_predict_keeps_the_inputs_other_columns_as_they_are(cli_trained, tmp_path):
     """Types pandas would change (an integer column with a null, a zoned timestamp) come out as they went in;
     a column named like a prediction (an earlier run's span) is replaced, not doubled."""
