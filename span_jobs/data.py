@@ -81,7 +81,7 @@ def read_table(path: str | Path) -> pa.Table:
 def _require_columns(table: pa.Table, columns: tuple[str, ...], path: Path) -> None:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        found = ", ".join(map(str, table.column_names))
+        found = ", ".join(table.column_names)
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {found}")
 
 
