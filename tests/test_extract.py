@@ -11,7 +11,7 @@ from transformers import LogitsProcessorList, T5Config, T5ForConditionalGenerati
 from span_jobs.codec import MAX_PIECES_PER_WORD, Codec, token_budget_batches
 from span_jobs.data import SENTIMENTS
 from span_jobs.extract import (FullTextExtractor, OutputMemo, SpanExtractor, WordSpanConstraint, annotate,
-                               expected_jaccard)
+                               expected_jaccard, expected_jaccard_at)
 from span_jobs.metric import mean_jaccard
 from span_jobs.model import build_model, encode, load_model_dir, pointer_keys, span_logits
 from span_jobs.words import split_words
@@ -550,6 +550,23 @@ def test_expected_jaccard_over_the_likeliest_reference_scores_every_candidate_ag
         by_hand = pair_jaccard(first[row:row + 1], last[row:row + 1], first[row:row + 1, kept],
                                last[row:row + 1, kept])[0] @ weight
         assert torch.allclose(pruned[row], by_hand, atol=1e-6)
+
+
+def test_expected_jaccard_at_several_temperatures_is_each_temperatures_own():
+    torch.manual_seed(1)
+    first = torch.randint(0, 12, (5, 30))
+    last = first + torch.randint(-1, 6, (5, 30))  # some last words before their first: the first word alone
+    logp = (torch.randn(5, 30) * 3).log_softmax(-1)
+    logp[0, 7:] = float("-inf")  # a short tweet: impossible candidates
+    for reference in (None, 10):
+        both = expected_jaccard_at(first, last, logp, (0.6, 1.0), reference)
+        for t, got in zip((0.6, 1.0), both):
+            assert torch.equal(got, expected_jaccard(first, last, logp, t, reference))
+            assert torch.equal(torch.isinf(got), torch.isinf(logp))
+    # by hand at temperature 1 over all candidates: the probability-weighted Jaccard with each other span
+    weight, spans = logp[1].softmax(-1), [set(range(f, max(f, l) + 1)) for f, l in zip(first[1].tolist(), last[1].tolist())]
+    by_hand = [sum(w * len(a & b) / len(a | b) for w, b in zip(weight.tolist(), spans)) for a in spans]
+    assert expected_jaccard(first, last, logp)[1].tolist() == pytest.approx(by_hand, abs=1e-6)
 
 
 # ---- precision ------------------------------------------------------------------------------------
