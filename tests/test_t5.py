@@ -7,7 +7,7 @@ from transformers import T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from span_jobs.t5 import (T5, DecoderCache, LayerNorm, T5Config, from_pretrained, relative_position_bucket,
-                          save_pretrained)
+                          save_pretrained, tanh_gelu)
 
 SIZES = dict(vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=3, num_decoder_layers=2,
              relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0)
@@ -90,6 +90,21 @@ def test_layer_norm_is_transformers_bit_for_bit(weights, inputs, autocast):
     tolerance = dict(rtol=1e-5, atol=1e-4) if inputs == weights == torch.float32 else dict(rtol=2 ** -7, atol=2 ** -5)
     torch.testing.assert_close(grad.float(), expected_grad.float(), **tolerance)
     torch.testing.assert_close(weight_grad.float(), expected_weight_grad.float(), rtol=2 ** -7, atol=1e-2)
+
+
+def test_the_tanh_gelu_is_computed_as_erf_for_bf16_inference_on_cpu_alone():
+    x = torch.linspace(-8, 8, 4001)
+    tanh_form, erf_form = torch.nn.functional.gelu(x, approximate="tanh"), torch.nn.functional.gelu(x)
+    assert (tanh_form - erf_form).abs().max() < 4.8e-4  # the bound the docstring gives
+    with torch.inference_mode():
+        assert torch.equal(tanh_gelu(x), tanh_form)  # fp32: the tanh form
+        assert torch.equal(tanh_gelu(x.bfloat16()), torch.nn.functional.gelu(x.bfloat16()))
+        assert not torch.equal(tanh_gelu(x.bfloat16()), torch.nn.functional.gelu(x.bfloat16(), approximate="tanh"))
+    # gradients on (training, bf16 autocast included): the tanh form the model is trained with
+    trained = x.bfloat16().requires_grad_()
+    assert torch.equal(tanh_gelu(trained), torch.nn.functional.gelu(trained, approximate="tanh"))
+    _, ours = twins()  # "gated-gelu" models run it
+    assert all(block.layer[-1].DenseReluDense.act is tanh_gelu for block in [*ours.encoder.block, *ours.decoder.block])
 
 
 def test_relative_position_buckets_match_transformers():
