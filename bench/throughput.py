@@ -8,7 +8,10 @@
   (f) (d) as shipped: precision "auto" (bf16 on CPUs with native bf16)
   (g) (c) at precision "auto": greedy as shipped, what (f)'s decoding costs against
 
-(a)-(e) run fp32; (a) and (b) on transformers' T5 (bench/hf_t5.py). Prints tweets/s, the ratios c/a,
+(a)-(e) run fp32; (a) and (b) on transformers' T5 (bench/hf_t5.py). (c)-(g) run --repeat times in turn
+(a few seconds each, where the machine's speed drifts by 10-15% over minutes; one pass each gave f/g
+anywhere from 1.00 to 1.35 with the same code) and their medians count. The process keeps freed memory
+as `span-jobs` and the flows do (span_jobs.runtime). Prints tweets/s, the ratios c/a,
 c/b, d/b, e/b, f/b, d/c and f/g, and each way's
 Jaccard (unconstrained outputs that do not name a valid word span fall back to the whole tweet,
 and are counted). (a) and (b) call plain
@@ -17,12 +20,13 @@ speed is the comparison, their spans are not what the model would choose. Then t
 arithmetic: FLOPs per tweet of (d) (counted by torch.utils.flop_counter), this CPU's fp32 and
 bf16 matrix-multiply peaks (measured here), and the share of its peak (d) and (f) run at.
 
-    python bench/throughput.py [--model default] [--data ../shared/data/tweets/labeled.csv] [--n 2000]
+    python bench/throughput.py [--model default] [--data ../shared/data/tweets/labeled.csv] [--n 2000] [--repeat 3]
 """
 
 import argparse
 import cProfile
 import pstats
+import statistics
 import time
 from pathlib import Path
 
@@ -35,6 +39,7 @@ from span_jobs.data import read_labeled, split_train_validation
 from span_jobs.extract import DECODING_CHOICES, SpanExtractor
 from span_jobs.metric import mean_jaccard
 from span_jobs.registry import load_model
+from span_jobs.runtime import keep_freed_memory
 from span_jobs.synthetic import synthetic_tweets
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweets" / "labeled.csv"
@@ -99,9 +104,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes of each of (c)-(g), in turn; medians count")
     parser.add_argument("--profile", action="store_true", help="profile SpanExtractor and print the top functions")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
 
     if args.data.exists():
         _, tweets = split_train_validation(read_labeled(args.data).tweets)
@@ -125,20 +132,22 @@ def main() -> None:
         spans, invalid = run()
         results[key] = (time.perf_counter() - started, spans, invalid)
 
-    def spans_of(way: SpanExtractor):
-        way.extract(texts[:64], sentiments[:64])  # warm-up: first calls allocate
-        return lambda: ([r.span for r in way.extract(texts, sentiments)], 0)
-
     results = {}
     timed("a", lambda: spans_from_generated(codec, words_list, seed_way(model, codec, words_list, sentiments)))
     timed("b", lambda: spans_from_generated(codec, words_list, hf_batched(model, codec, words_list, sentiments)))
-    timed("c", spans_of(SpanExtractor(load_model(args.model), device="cpu", precision="float32",
-                                      **DECODING_CHOICES["greedy"])))
-    timed("d", spans_of(extractor))
-    timed("e", spans_of(SpanExtractor(load_model(args.model), device="cpu", quantize_int8=True)))
     shipped = SpanExtractor(load_model(args.model), device="cpu")  # precision "auto", as users run it
-    timed("f", spans_of(shipped))
-    timed("g", spans_of(SpanExtractor(load_model(args.model), device="cpu", **DECODING_CHOICES["greedy"])))
+    ours = {"c": SpanExtractor(load_model(args.model), device="cpu", precision="float32", **DECODING_CHOICES["greedy"]),
+            "d": extractor, "e": SpanExtractor(load_model(args.model), device="cpu", quantize_int8=True),
+            "f": shipped, "g": SpanExtractor(load_model(args.model), device="cpu", **DECODING_CHOICES["greedy"])}
+    passes = {key: [] for key in ours}
+    for way in ours.values():
+        way.extract(texts[:64], sentiments[:64])  # warm-up: first calls allocate
+    for _ in range(args.repeat):
+        for key, way in ours.items():
+            timed(key, lambda: ([r.span for r in way.extract(texts, sentiments)], 0))
+            passes[key].append(results[key][0])
+    for key, seconds in passes.items():
+        results[key] = (statistics.median(seconds), *results[key][1:])
 
     names = {"a": "seed: one generate per tweet", "b": "HF generate, batches of 64", "c": "SpanExtractor, greedy",
              "d": "SpanExtractor, expected Jaccard", "e": "(d), int8 dynamic",
@@ -146,6 +155,8 @@ def main() -> None:
     for key, (seconds, spans, invalid) in results.items():
         print(f"({key}) {names[key]:<32} {len(tweets) / seconds:9.1f} tweets/s  jaccard {mean_jaccard(spans, truth):.4f}"
               f"  invalid outputs {invalid}")
+    print(f"(c)-(g): medians of {args.repeat} passes each, in turn: " + "; ".join(
+        f"({key}) {', '.join(f'{t:.2f}' for t in seconds)} s" for key, seconds in passes.items()))
     ratio = {k: results[k][0] for k in results}
     print(f"c/a = {ratio['a'] / ratio['c']:.1f}x   c/b = {ratio['b'] / ratio['c']:.1f}x   "
           f"d/b = {ratio['b'] / ratio['d']:.1f}x   e/b = {ratio['b'] / ratio['e']:.1f}x   "
