@@ -200,7 +200,7 @@ class SpanExtractor:
         self.decoding = decoding  # see choose_span
         self.span_candidates = max(1, span_candidates)  # first words tried per tweet
         self.last_candidates = max(1, last_candidates)  # last words kept per first word
-        # expected Jaccard averages over this many likeliest candidates (None: all); see likeliest
+        # expected Jaccard averages over this many likeliest candidates (None: all); see reference_positions
         self.reference_candidates = reference_candidates
         # how far expected-Jaccard trusts the model's spread; training picks it (train.choose_mbr_temperature)
         if mbr_temperature is None:
@@ -402,14 +402,17 @@ def choose_span(candidates: SpanCandidates, temperature: float, likeliest: bool 
     the candidates at ``confidence_temperature``, times ``confidence_scale`` (B,), which corrects
     the model's over-confidence (calibration.fit_decision); by default the decoding's own.
     """
-    temperatures = (temperature, confidence_temperature or temperature)
+    confidence_temperature = confidence_temperature or temperature
+    temperatures = (temperature,) if confidence_temperature == temperature else (temperature, confidence_temperature)
     firsts, lasts, confidences = [], [], []
-    # (B, C, reference) overlaps: 64 rows (1.8 MB in fp32) stay in a core's cache, where 256 rows ran
-    # the same arithmetic 6x slower
+    # chunks of rows: pair_jaccard's (rows, C, reference) fp32 temporaries, 1.8 MB each at 64 rows of 144 x
+    # 48, ran 6x faster than at 256 rows (where int64 ones took 14 MB each) on 2 cores
     for chunk in range(0, candidates.first.shape[0], rows_per_chunk):
         rows = slice(chunk, chunk + rows_per_chunk)
         c = candidates.rows(rows)
-        expected, confidence = expected_jaccard_at(c.first, c.last, c.logp, temperatures, reference)  # (B, C)
+        # (B, C) each: the decoding's expected Jaccard and the confidence's (the same tensor at one temperature)
+        expected, *rest = expected_jaccard_at(c.first, c.last, c.logp, temperatures, reference)
+        confidence = rest[0] if rest else expected
         choice = (c.logp if likeliest else expected).argmax(-1, keepdim=True)
         confidence = confidence.gather(1, choice).squeeze(1)
         if confidence_scale is not None:
@@ -438,6 +441,7 @@ def choose_span_under_uncertainty(negative: SpanCandidates, positive: SpanCandid
     negative, positive: (B, C) candidates; n_words: (B,); sentiment: (B, 3) calibrated probabilities.
     """
     firsts, lasts, confidences = [], [], []
+    # 32 rows: pair_jaccard's (rows, 2C+1, reference) temporaries the size of choose_span's at 64
     for chunk in range(0, n_words.shape[0], rows_per_chunk):
         rows = slice(chunk, chunk + rows_per_chunk)
         neg, pos, n, p = negative.rows(rows), positive.rows(rows), n_words[rows], sentiment[rows]
@@ -447,7 +451,7 @@ def choose_span_under_uncertainty(negative: SpanCandidates, positive: SpanCandid
         possible = torch.cat([neg.logp, pos.logp, torch.zeros_like(whole_first, dtype=neg.logp.dtype)], dim=1).isfinite()
         expected = p[:, 1:2] * pair_jaccard(first, last, whole_first, whole_last)[:, :, 0]  # (B, 2C+1)
         for label, component, factor in ((0, neg, scale[0]), (2, pos, scale[1])):
-            kept = likeliest(component.logp, reference)
+            kept = reference_positions(component.logp, reference)
             ref_first, ref_last = (component.first, component.last) if kept is None else \
                 (component.first.gather(1, kept), component.last.gather(1, kept))
             overlap = pair_jaccard(first, last, ref_first, ref_last) @ reference_weight(component.logp, temperature,
@@ -484,25 +488,26 @@ def expected_jaccard(first: torch.Tensor, last: torch.Tensor, logp: torch.Tensor
     first, last: (B, C) word numbers of C candidate spans; logp: (B, C) their log-probabilities,
     -inf for impossible candidates, which get -inf here too. A temperature below 1 sharpens the
     weights toward the likeliest candidates (towards 0 the choice becomes the likeliest span).
-    ``reference``: average over the likeliest candidates alone (likeliest).
+    ``reference``: average over the likeliest candidates alone (reference_positions).
     """
     return expected_jaccard_at(first, last, logp, (temperature,), reference)[0]
 
 
 def expected_jaccard_at(first: torch.Tensor, last: torch.Tensor, logp: torch.Tensor, temperatures: Sequence[float],
                         reference: int | None = None) -> list[torch.Tensor]:
-    """expected_jaccard at each temperature; the spans' overlaps are computed once for all of them
-    (the likeliest candidates are the same at every temperature)."""
+    """expected_jaccard at each temperature; the spans' overlaps are computed once for all of them: the
+    reference candidates are the likeliest by log-probability, the same at every temperature (where
+    the old way, by weight, could differ only among weights equal after rounding)."""
     possible = torch.isfinite(logp)
     first = first.clamp_min(0)
-    kept = likeliest(logp, reference)
+    kept = reference_positions(logp, reference)
     ref_first, ref_last = (first, last) if kept is None else (first.gather(1, kept), last.gather(1, kept))
     overlaps = pair_jaccard(first, last, ref_first, ref_last)  # (B, C, R)
     return [(overlaps @ reference_weight(logp, t, kept)[:, :, None]).squeeze(-1).masked_fill(~possible, float("-inf"))
             for t in temperatures]
 
 
-def likeliest(logp: torch.Tensor, reference: int | None) -> torch.Tensor | None:
+def reference_positions(logp: torch.Tensor, reference: int | None) -> torch.Tensor | None:
     """The positions of the ``reference`` likeliest of (B, C) candidates, (B, reference); None for all.
 
     An expected Jaccard is a weighted average over the candidates; most of the weight sits on a

@@ -10,8 +10,8 @@ from transformers import LogitsProcessorList, T5Config, T5ForConditionalGenerati
 
 from span_jobs.codec import MAX_PIECES_PER_WORD, Codec, token_budget_batches
 from span_jobs.data import SENTIMENTS
-from span_jobs.extract import (FullTextExtractor, OutputMemo, SpanExtractor, WordSpanConstraint, annotate,
-                               expected_jaccard, expected_jaccard_at)
+from span_jobs.extract import (FullTextExtractor, OutputMemo, SpanCandidates, SpanExtractor, WordSpanConstraint,
+                               annotate, choose_span, expected_jaccard, expected_jaccard_at)
 from span_jobs.metric import mean_jaccard
 from span_jobs.model import build_model, encode, load_model_dir, pointer_keys, span_logits
 from span_jobs.words import split_words
@@ -552,21 +552,52 @@ def test_expected_jaccard_over_the_likeliest_reference_scores_every_candidate_ag
         assert torch.allclose(pruned[row], by_hand, atol=1e-6)
 
 
-def test_expected_jaccard_at_several_temperatures_is_each_temperatures_own():
+def int64_expected_jaccard(first, last, logp, temperature, reference):
+    """The way it was computed before the fp32 chunks: int64 overlaps, the reference by weight at each temperature."""
+    possible, first = torch.isfinite(logp), first.clamp_min(0)
+    weight = (logp / temperature).softmax(-1)
+    if reference is not None and reference < weight.shape[1]:
+        weight, kept = weight.topk(reference, dim=-1)
+        ref_first, ref_last, weight = first.gather(1, kept), last.gather(1, kept), weight / weight.sum(-1, keepdim=True)
+    else:
+        ref_first, ref_last = first, last
+    last_a, last_b = torch.maximum(last, first), torch.maximum(ref_last, ref_first)
+    overlap = (torch.minimum(last_a[:, :, None], last_b[:, None, :])
+               - torch.maximum(first[:, :, None], ref_first[:, None, :]) + 1).clamp_min(0).float()
+    length_a, length_b = (last_a - first + 1).float(), (last_b - ref_first + 1).float()
+    jaccard = overlap / (length_a[:, :, None] + length_b[:, None, :] - overlap)
+    return (jaccard @ weight[:, :, None]).squeeze(-1).masked_fill(~possible, float("-inf"))
+
+
+def test_expected_jaccard_at_several_temperatures_is_each_temperatures_own_to_the_bit():
     torch.manual_seed(1)
     first = torch.randint(0, 12, (5, 30))
     last = first + torch.randint(-1, 6, (5, 30))  # some last words before their first: the first word alone
     logp = (torch.randn(5, 30) * 3).log_softmax(-1)
-    logp[0, 7:] = float("-inf")  # a short tweet: impossible candidates
+    logp[0, 7:] = float("-inf")  # a short tweet: impossible candidates, fewer than the reference count
     for reference in (None, 10):
         both = expected_jaccard_at(first, last, logp, (0.6, 1.0), reference)
         for t, got in zip((0.6, 1.0), both):
+            assert torch.equal(got, int64_expected_jaccard(first, last, logp, t, reference))
             assert torch.equal(got, expected_jaccard(first, last, logp, t, reference))
-            assert torch.equal(torch.isinf(got), torch.isinf(logp))
     # by hand at temperature 1 over all candidates: the probability-weighted Jaccard with each other span
-    weight, spans = logp[1].softmax(-1), [set(range(f, max(f, l) + 1)) for f, l in zip(first[1].tolist(), last[1].tolist())]
-    by_hand = [sum(w * len(a & b) / len(a | b) for w, b in zip(weight.tolist(), spans)) for a in spans]
+    weight = logp[1].softmax(-1).tolist()
+    spans = [set(range(f, max(f, l) + 1)) for f, l in zip(first[1].tolist(), last[1].tolist())]
+    by_hand = [sum(w * len(a & b) / len(a | b) for w, b in zip(weight, spans)) for a in spans]
     assert expected_jaccard(first, last, logp)[1].tolist() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_choose_span_in_chunks_chooses_as_one_chunk():
+    torch.manual_seed(2)
+    first = torch.randint(0, 20, (150, 144))
+    candidates = SpanCandidates(first, first + torch.randint(0, 8, (150, 144)), torch.randn(150, 144).log_softmax(-1))
+    whole = choose_span(candidates, 0.6, confidence_temperature=1.0, rows_per_chunk=150, reference=48)
+    assert choose_span(candidates, 0.6, confidence_temperature=1.0, rows_per_chunk=64, reference=48) == whole
+    # one temperature for both: the confidence is the decoding's own expected Jaccard
+    same = choose_span(candidates, 0.6, reference=48)
+    for row in (0, 99):
+        one = candidates.rows(slice(row, row + 1))
+        assert same[2][row] == pytest.approx(expected_jaccard(one.first, one.last, one.logp, 0.6, 48).max().item())
 
 
 # ---- precision ------------------------------------------------------------------------------------
