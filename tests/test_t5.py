@@ -96,13 +96,15 @@ def test_the_tanh_gelu_is_computed_as_erf_for_bf16_inference_on_cpu_alone():
     x = torch.linspace(-8, 8, 4001)
     tanh_form, erf_form = torch.nn.functional.gelu(x, approximate="tanh"), torch.nn.functional.gelu(x)
     assert (tanh_form - erf_form).abs().max() < 4.8e-4  # the bound the docstring gives
-    with torch.inference_mode():
-        assert torch.equal(tanh_gelu(x), tanh_form)  # fp32: the tanh form
-        assert torch.equal(tanh_gelu(x.bfloat16()), torch.nn.functional.gelu(x.bfloat16()))
-        assert not torch.equal(tanh_gelu(x.bfloat16()), torch.nn.functional.gelu(x.bfloat16(), approximate="tanh"))
-    # gradients on (training, bf16 autocast included): the tanh form the model is trained with
+    for no_gradients in (torch.inference_mode, torch.no_grad):
+        with no_gradients():
+            assert torch.equal(tanh_gelu(x), tanh_form)  # fp32: the tanh form
+            assert torch.equal(tanh_gelu(x.bfloat16()), torch.nn.functional.gelu(x.bfloat16()))
+            assert not torch.equal(tanh_gelu(x.bfloat16()), torch.nn.functional.gelu(x.bfloat16(), approximate="tanh"))
+    # gradients on (training; under bf16 autocast the activations are bf16): the tanh form it is trained with
     trained = x.bfloat16().requires_grad_()
-    assert torch.equal(tanh_gelu(trained), torch.nn.functional.gelu(trained, approximate="tanh"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(tanh_gelu(trained), torch.nn.functional.gelu(trained, approximate="tanh"))
     _, ours = twins()  # "gated-gelu" models run it
     assert all(block.layer[-1].DenseReluDense.act is tanh_gelu for block in [*ours.encoder.block, *ours.decoder.block])
 
