@@ -104,7 +104,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeat", type=int, default=3, help="timed passes of each of (c)-(g), in turn; medians count")
+    parser.add_argument("--repeat", type=int, default=3, choices=range(1, 11), metavar="1-10",
+                        help="timed passes of each of (c)-(g), in turn; medians count")
     parser.add_argument("--profile", action="store_true", help="profile SpanExtractor and print the top functions")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,7 +145,7 @@ def main() -> None:
         way.extract(texts[:64], sentiments[:64])  # warm-up: first calls allocate
     for _ in range(args.repeat):
         for key, way in ours.items():
-            timed(key, lambda: ([r.span for r in way.extract(texts, sentiments)], 0))
+            timed(key, lambda way=way: ([r.span for r in way.extract(texts, sentiments)], 0))
             passes[key].append(results[key][0])
     for key, seconds in passes.items():
         results[key] = (statistics.median(seconds), *results[key][1:])
@@ -155,7 +156,7 @@ def main() -> None:
     for key, (seconds, spans, invalid) in results.items():
         print(f"({key}) {names[key]:<32} {len(tweets) / seconds:9.1f} tweets/s  jaccard {mean_jaccard(spans, truth):.4f}"
               f"  invalid outputs {invalid}")
-    print(f"(c)-(g): medians of {args.repeat} passes each, in turn: " + "; ".join(
+    print(f"(c)-(g): {args.repeat} passes each, in turn (their medians above): " + "; ".join(
         f"({key}) {', '.join(f'{t:.2f}' for t in seconds)} s" for key, seconds in passes.items()))
     ratio = {k: results[k][0] for k in results}
     print(f"c/a = {ratio['a'] / ratio['c']:.1f}x   c/b = {ratio['b'] / ratio['c']:.1f}x   "
