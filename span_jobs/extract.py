@@ -451,12 +451,8 @@ def choose_span_under_uncertainty(negative: SpanCandidates, positive: SpanCandid
         possible = torch.cat([neg.logp, pos.logp, torch.zeros_like(whole_first, dtype=neg.logp.dtype)], dim=1).isfinite()
         expected = p[:, 1:2] * pair_jaccard(first, last, whole_first, whole_last)[:, :, 0]  # (B, 2C+1)
         for label, component, factor in ((0, neg, scale[0]), (2, pos, scale[1])):
-            kept = reference_positions(component.logp, reference)
-            ref_first, ref_last = (component.first, component.last) if kept is None else \
-                (component.first.gather(1, kept), component.last.gather(1, kept))
-            overlap = pair_jaccard(first, last, ref_first, ref_last) @ reference_weight(component.logp, temperature,
-                                                                                       kept)[:, :, None]
-            expected = expected + p[:, label : label + 1] * factor * overlap[:, :, 0]
+            [overlap] = expected_overlap(first, last, component, (temperature,), reference)  # (B, 2C+1)
+            expected = expected + p[:, label : label + 1] * factor * overlap
         expected = expected.masked_fill(~possible, float("-inf"))
         best, choice = expected.max(-1, keepdim=True)
         firsts += first.gather(1, choice).squeeze(1).tolist()
@@ -500,11 +496,20 @@ def expected_jaccard_at(first: torch.Tensor, last: torch.Tensor, logp: torch.Ten
     the old way, by weight, could differ only among weights equal after rounding)."""
     possible = torch.isfinite(logp)
     first = first.clamp_min(0)
-    kept = reference_positions(logp, reference)
-    ref_first, ref_last = (first, last) if kept is None else (first.gather(1, kept), last.gather(1, kept))
-    overlaps = pair_jaccard(first, last, ref_first, ref_last)  # (B, C, R)
-    return [(overlaps @ reference_weight(logp, t, kept)[:, :, None]).squeeze(-1).masked_fill(~possible, float("-inf"))
-            for t in temperatures]
+    expected = expected_overlap(first, last, SpanCandidates(first, last, logp), temperatures, reference)
+    return [e.masked_fill(~possible, float("-inf")) for e in expected]
+
+
+def expected_overlap(first: torch.Tensor, last: torch.Tensor, candidates: SpanCandidates,
+                     temperatures: Sequence[float], reference: int | None = None) -> list[torch.Tensor]:
+    """Each span (first, last), (B, A), its Jaccard with the candidates weighted by their probabilities at
+    each temperature: (B, A) per temperature. The overlaps with the (``reference`` likeliest) candidates
+    are computed once for all temperatures."""
+    kept = reference_positions(candidates.logp, reference)
+    ref_first, ref_last = (candidates.first, candidates.last) if kept is None else \
+        (candidates.first.gather(1, kept), candidates.last.gather(1, kept))
+    overlaps = pair_jaccard(first, last, ref_first, ref_last)  # (B, A, R)
+    return [(overlaps @ reference_weight(candidates.logp, t, kept)[:, :, None]).squeeze(-1) for t in temperatures]
 
 
 def reference_positions(logp: torch.Tensor, reference: int | None) -> torch.Tensor | None:
