@@ -128,10 +128,11 @@ def main() -> None:
     print(f"{len(tweets)} tweets from {source}; model {extractor.version} "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters); {args.threads} threads")
 
-    def timed(key: str, run) -> None:
+    def timed(key: str, run) -> float:
         started = time.perf_counter()
         spans, invalid = run()
         results[key] = (time.perf_counter() - started, spans, invalid)
+        return results[key][0]
 
     results = {}
     timed("a", lambda: spans_from_generated(codec, words_list, seed_way(model, codec, words_list, sentiments)))
@@ -145,8 +146,7 @@ def main() -> None:
         way.extract(texts[:64], sentiments[:64])  # warm-up: first calls allocate
     for _ in range(args.repeat):
         for key, way in ours.items():
-            timed(key, lambda way=way: ([r.span for r in way.extract(texts, sentiments)], 0))
-            passes[key].append(results[key][0])
+            passes[key].append(timed(key, lambda way=way: ([r.span for r in way.extract(texts, sentiments)], 0)))
     for key, seconds in passes.items():
         results[key] = (statistics.median(seconds), *results[key][1:])
 
